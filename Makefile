@@ -1,0 +1,37 @@
+# Every target creates the virtualenv and installs what it needs on first use.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export RAY_AUTH_MODE ?= disabled
+export RAY_USAGE_STATS_ENABLED ?= 0
+export TOKENIZERS_PARALLELISM ?= false
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install test lint bench serve generate clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check ray_dit tests benchmarks
+	$(BIN)/ruff format --check ray_dit tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/cache_speedup.py
+
+serve: $(STAMP)
+	$(BIN)/serve run serve_config.yaml
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,114 @@
+"""Request and result types shared by the engine, the HTTP API, handle calls and the sink.
+
+Plain dataclasses travel through Ray's object store cheaply (numpy frames are zero-copy on a
+node); pydantic models live at the HTTP edge in ``ray_dit.serve``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+OutputKind = Literal["image", "video"]
+OUTPUT_FORMATS = ("png", "jpeg", "webp", "mp4")
+IMAGE_FORMATS = ("png", "jpeg", "webp")
+VIDEO_FORMATS = ("mp4",)
+_SIZE_RE = re.compile(r"^\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*$")
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    """'WxH' -> (width, height); ValueError names the field and the expected form."""
+    match = _SIZE_RE.match(str(size))
+    if not match:
+        raise ValueError(f"size={size!r}: must be 'WIDTHxHEIGHT', e.g. '1024x1024'")
+    width, height = int(match.group(1)), int(match.group(2))
+    if width <= 0 or height <= 0:
+        raise ValueError(f"size={size!r}: width and height must be positive")
+    return width, height
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation: what the engine needs, already validated at the edge.
+
+    ``None`` for a sampling field means "the pipeline's own default".
+    """
+
+    prompt: str
+    negative_prompt: str | None = None
+    n: int = 1
+    width: int | None = None
+    height: int | None = None
+    num_frames: int | None = None
+    fps: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    true_cfg_scale: float | None = None
+    seed: int = 1024
+    enable_cache_dit: bool | None = None
+    cache_dit_params: dict[str, Any] | None = None
+    output_format: str | None = None
+    request_id: str = ""
+
+    def replace(self, **changes: Any) -> GenerationRequest:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class CacheStats:
+    """What the cache did for one request (all zero when caching was off)."""
+
+    enabled: bool = False
+    config: str = "NONE"
+    total_steps: int = 0
+    computed_steps: int = 0
+    cached_steps: int = 0
+    cached_step_indices: list[int] = field(default_factory=list)
+    cfg_cached_steps: int = 0
+    cfg_cached_step_indices: list[int] = field(default_factory=list)
+    residual_diffs: dict[int, float] = field(default_factory=dict)
+    cfg_residual_diffs: dict[int, float] = field(default_factory=dict)
+    skipped_block_fraction: float = 0.0
+    secondary: CacheStats | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        # JSON object keys must be strings.
+        data["residual_diffs"] = {str(k): v for k, v in self.residual_diffs.items()}
+        data["cfg_residual_diffs"] = {str(k): v for k, v in self.cfg_residual_diffs.items()}
+        if self.secondary is not None:
+            data["secondary"] = self.secondary.as_dict()
+        return data
+
+
+@dataclass
+class GenerationResult:
+    """Frames and facts from one denoise.
+
+    ``frames`` is uint8 ``[n_outputs, n_frames, H, W, 3]`` (n_frames is 1 for images).
+    """
+
+    frames: np.ndarray
+    kind: OutputKind
+    seed: int
+    steps: int
+    fps: int | None = None
+    request_id: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    cache: CacheStats = field(default_factory=CacheStats)
+
+    @property
+    def width(self) -> int:
+        return int(self.frames.shape[3])
+
+    @property
+    def height(self) -> int:
+        return int(self.frames.shape[2])
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames.shape[1])
