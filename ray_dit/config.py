@@ -54,7 +54,7 @@ def parse_bool(raw: Any) -> bool:
 
 
 def _parse_int(raw: Any, minimum: int) -> int:
-    if isinstance(raw, bool) or isinstance(raw, float):
+    if isinstance(raw, bool | float):
         raise ValueError(f"an integer >= {minimum}")
     try:
         value = int(str(raw).strip())
@@ -107,7 +107,7 @@ def parse_bins(raw: Any) -> tuple[int, ...]:
     parts = list(raw) if isinstance(raw, list | tuple) else str(raw).split(",")
     values = []
     for part in parts:
-        if isinstance(part, bool) or isinstance(part, float):
+        if isinstance(part, bool | float):
             raise ValueError(allowed)
         try:
             value = int(str(part).strip())
@@ -244,17 +244,13 @@ class CacheDitSettings:
                 except ValueError:
                     problems.append(f"cache_dit_params.{key}={params[key]!r}: must be {allowed}")
         if ("scm_compute_bins" in params) != ("scm_cache_bins" in params):
-            problems.append(
-                "cache_dit_params.scm_compute_bins and scm_cache_bins must be given together"
-            )
+            problems.append("cache_dit_params.scm_compute_bins and scm_cache_bins must be given together")
         if problems:
             raise ConfigError(problems, source="request")
         primary = dataclasses.replace(self.primary, **primary_changes)
         # The secondary expert follows request-level primary values unless told otherwise.
         secondary = dataclasses.replace(self.secondary, **{**primary_changes, **secondary_changes})
-        return CacheDitSettings(
-            enabled=enabled, primary=primary, secondary=secondary, **scm
-        )
+        return CacheDitSettings(enabled=enabled, primary=primary, secondary=secondary, **scm)
 
     def describe(self) -> str:
         """A short, stable label in cache-dit's ``strify`` spirit, for logs and stats."""
@@ -428,8 +424,10 @@ def _read_storage(reader: _EnvReader) -> StorageSettings:
         spool_max_bytes=reader.get("RAY_DIT_SPOOL_MAX_BYTES", int_at_least(1), default.spool_max_bytes),
         url_wait_s=reader.get("RAY_DIT_S3_URL_WAIT_S", _parse_nonneg_float, default.url_wait_s),
     )
-    if settings.s3_enabled and not settings.bucket and "SGLANG_S3_BUCKET_NAME" not in " ".join(
-        reader.problems
+    if (
+        settings.s3_enabled
+        and not settings.bucket
+        and "SGLANG_S3_BUCKET_NAME" not in " ".join(reader.problems)
     ):
         reader.problems.append(
             "SGLANG_S3_BUCKET_NAME is not set: it is required when SGLANG_CLOUD_STORAGE_TYPE=s3"

@@ -1,0 +1,201 @@
+"""Cache-DiT on a diffusers pipeline, the way a server needs it.
+
+cache-dit is mounted once, in transformer-only mode (its contexts persist across calls), and
+*refreshed before every request* with that request's step count, SCM mask and CFG mode. Without
+the refresh, transformer-only contexts leak one step of residual state into the next request and
+count CFG branches by call parity from whatever the previous request left behind.
+
+A request that turns caching off on a mounted pipeline is refreshed with ``max_cached_steps=0``:
+every block then runs in its original order, so the output is identical to an uncached run.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ray_dit.api import CacheStats
+from ray_dit.config import CacheDitSettings, DBCacheKnobs
+from ray_dit.engine.scm import steps_mask
+
+# cache-dit logs every mount and refresh at INFO; a server wants only its warnings.
+os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "warning")
+
+
+def _block_lists(transformer: torch.nn.Module) -> list[torch.nn.ModuleList]:
+    return [
+        module
+        for name, module in transformer.named_children()
+        if isinstance(module, torch.nn.ModuleList) and "block" in name
+    ]
+
+
+@dataclass(frozen=True)
+class RequestPlan:
+    """How one request runs through the cache, decided before the pipeline is called."""
+
+    settings: CacheDitSettings
+    steps: int
+    separate_cfg: bool
+    expert_steps: tuple[int, ...]  # steps per transformer (one entry unless two experts)
+    masks: tuple[list[int] | None, ...]
+
+
+class CacheDitController:
+    """Owns cache-dit's mount on one pipeline; one request at a time (the engine serialises)."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+        self.transformers: list[torch.nn.Module] = [pipe.transformer]
+        if getattr(pipe, "transformer_2", None) is not None:
+            self.transformers.append(pipe.transformer_2)
+        self.mounted = False
+
+    # -- planning -------------------------------------------------------------------------
+
+    def plan(self, settings: CacheDitSettings, steps: int, separate_cfg: bool) -> RequestPlan:
+        expert_steps = self._expert_steps(steps)
+        masks: list[list[int] | None] = []
+        for n in expert_steps:
+            masks.append(steps_mask(settings, n) if settings.enabled and n > 0 else None)
+        return RequestPlan(settings, steps, separate_cfg, tuple(expert_steps), tuple(masks))
+
+    def _expert_steps(self, steps: int) -> list[int]:
+        """Split the steps between the high-noise and low-noise experts as the pipeline will."""
+        if len(self.transformers) == 1:
+            return [steps]
+        boundary = getattr(self.pipe.config, "boundary_ratio", None)
+        if boundary is None:
+            return [steps, steps]
+        scheduler = copy.deepcopy(self.pipe.scheduler)
+        scheduler.set_timesteps(steps, device="cpu")
+        threshold = boundary * scheduler.config.num_train_timesteps
+        high = int((scheduler.timesteps >= threshold).sum().item())
+        return [high, steps - high]
+
+    # -- cache-dit calls ------------------------------------------------------------------
+
+    def _configs(self, plan: RequestPlan, index: int) -> tuple[Any, Any]:
+        from cache_dit import DBCacheConfig, TaylorSeerCalibratorConfig
+
+        knobs: DBCacheKnobs = plan.settings.primary if index == 0 else plan.settings.secondary
+        mask = plan.masks[index]
+        enabled = plan.settings.enabled
+        cache_config = DBCacheConfig(
+            Fn_compute_blocks=knobs.fn,
+            Bn_compute_blocks=knobs.bn,
+            max_warmup_steps=knobs.warmup,
+            warmup_interval=1,
+            residual_diff_threshold=knobs.rdt,
+            max_continuous_cached_steps=knobs.mc,
+            max_cached_steps=-1 if enabled else 0,
+            enable_separate_cfg=plan.separate_cfg,
+            num_inference_steps=max(plan.expert_steps[index], 1),
+            steps_computation_mask=mask if enabled else None,
+            steps_computation_policy=plan.settings.scm_policy,
+        )
+        use_ts = enabled and knobs.taylorseer
+        calibrator = TaylorSeerCalibratorConfig(
+            enable_calibrator=use_ts,
+            enable_encoder_calibrator=use_ts,
+            taylorseer_order=knobs.ts_order,
+        )
+        return cache_config, calibrator
+
+    def _mount(self, plan: RequestPlan) -> None:
+        import cache_dit
+
+        if len(self.transformers) == 1:
+            cache_config, calibrator = self._configs(plan, 0)
+            cache_dit.enable_cache(
+                self.transformers[0], cache_config=cache_config, calibrator_config=calibrator
+            )
+        else:
+            from cache_dit import BlockAdapter, ForwardPattern, ParamsModifier
+
+            modifiers = []
+            for i in range(len(self.transformers)):
+                cache_config, calibrator = self._configs(plan, i)
+                modifiers.append(ParamsModifier(cache_config=cache_config, calibrator_config=calibrator))
+            adapter = BlockAdapter(
+                transformer=self.transformers,
+                blocks=[_block_lists(t)[0] for t in self.transformers],
+                forward_pattern=[ForwardPattern.Pattern_2] * len(self.transformers),
+                params_modifiers=modifiers,
+                has_separate_cfg=True,
+            )
+            cache_config, calibrator = self._configs(plan, 0)
+            cache_dit.enable_cache(adapter, cache_config=cache_config, calibrator_config=calibrator)
+        self.mounted = True
+
+    def prepare(self, plan: RequestPlan) -> None:
+        """Make cache-dit's state exactly right for this request (mount or refresh)."""
+        import cache_dit
+
+        if not self.mounted:
+            if not plan.settings.enabled:
+                return  # nothing mounted, nothing to do: the pipeline runs untouched
+            self._mount(plan)
+        for index, transformer in enumerate(self.transformers):
+            cache_config, calibrator = self._configs(plan, index)
+            cache_dit.refresh_context(transformer, cache_config=cache_config, calibrator_config=calibrator)
+
+    # -- statistics -----------------------------------------------------------------------
+
+    def stats(self, plan: RequestPlan) -> CacheStats:
+        if not (self.mounted and plan.settings.enabled):
+            return CacheStats(enabled=False, config="NONE", total_steps=plan.steps, computed_steps=plan.steps)
+        import cache_dit
+
+        per_expert: list[CacheStats] = []
+        for index, transformer in enumerate(self.transformers):
+            knobs = plan.settings.primary if index == 0 else plan.settings.secondary
+            raw = cache_dit.summary(transformer, logging=False)
+            per_expert.append(
+                _expert_stats(raw, transformer, knobs, plan.expert_steps[index], plan.separate_cfg)
+            )
+        primary = per_expert[0]
+        primary.config = plan.settings.describe()
+        if len(per_expert) > 1:
+            primary.secondary = per_expert[1]
+            primary.secondary.config = plan.settings.describe()
+        return primary
+
+
+def _expert_stats(
+    raw: Sequence[Any], transformer: torch.nn.Module, knobs: DBCacheKnobs, steps: int, separate_cfg: bool
+) -> CacheStats:
+    cached: set[int] = set()
+    cfg_cached: set[int] = set()
+    diffs: dict[int, float] = {}
+    cfg_diffs: dict[int, float] = {}
+    for entry in raw:
+        cached.update(int(s) for s in (entry.cached_steps or []))
+        cfg_cached.update(int(s) for s in (entry.cfg_cached_steps or []))
+        diffs.update({int(k): float(v) for k, v in (entry.residual_diffs or {}).items()})
+        cfg_diffs.update({int(k): float(v) for k, v in (entry.cfg_residual_diffs or {}).items()})
+    lists = _block_lists(transformer)
+    total_blocks = sum(len(m) for m in lists)
+    # cache-dit joins all block lists of a transformer (FLUX: double + single) into one chain,
+    # so Fn/Bn apply once to the whole chain.
+    skippable = max(total_blocks - knobs.fn - knobs.bn, 0)
+    branches = 2 if separate_cfg else 1
+    evaluated = steps * branches * total_blocks
+    skipped = (len(cached) + len(cfg_cached)) * skippable
+    return CacheStats(
+        enabled=True,
+        total_steps=steps,
+        computed_steps=steps - len(cached),
+        cached_steps=len(cached),
+        cached_step_indices=sorted(cached),
+        cfg_cached_steps=len(cfg_cached),
+        cfg_cached_step_indices=sorted(cfg_cached),
+        residual_diffs=dict(sorted(diffs.items())),
+        cfg_residual_diffs=dict(sorted(cfg_diffs.items())),
+        skipped_block_fraction=(skipped / evaluated) if evaluated else 0.0,
+    )

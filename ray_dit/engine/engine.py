@@ -1,0 +1,213 @@
+"""The engine: one pipeline, one denoise at a time, Cache-DiT refreshed per request."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ray_dit.api import GenerationRequest, GenerationResult
+from ray_dit.config import CacheDitSettings, ConfigError, cache_dit_from_env
+from ray_dit.engine.cache import CacheDitController
+from ray_dit.engine.loader import ModelDefaults, call_parameters, is_video_pipeline, load_pipeline
+
+StepCallback = Callable[[int, int], None]
+CancelCheck = Callable[[], bool]
+
+# Pipelines that run classifier-free guidance as two transformer calls per step (cond, uncond)
+# and when they do it. cache-dit must know, or it counts each call as a step.
+_TRUE_CFG_PREFIXES = ("Flux", "QwenImage", "Chroma")
+_GUIDANCE_CFG_PREFIXES = ("Wan", "HunyuanVideo15", "CogView4", "Cosmos", "SkyReelsV2", "Lumina2")
+
+
+class GenerationCancelled(RuntimeError):
+    """The caller went away; the denoise stopped at a step boundary."""
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    model: str = "demo:flux-tiny"
+    device: str = "auto"
+    dtype: str = "auto"
+    size_multiple: int = 16
+
+
+class Engine:
+    """Holds a diffusers pipeline with Cache-DiT and turns requests into uint8 frames.
+
+    A diffusers pipeline is not thread-safe and Ray Serve runs plain methods in a thread pool,
+    so :meth:`generate` takes a lock: requests run one after another, never interleaved.
+    """
+
+    def __init__(
+        self,
+        options: EngineOptions | None = None,
+        cache_settings: CacheDitSettings | None = None,
+        pipeline: Any | None = None,
+        defaults: ModelDefaults | None = None,
+    ) -> None:
+        self.options = options or EngineOptions()
+        self.cache_settings = cache_settings if cache_settings is not None else cache_dit_from_env()
+        if pipeline is None:
+            pipeline, defaults = load_pipeline(self.options.model, self.options.device, self.options.dtype)
+        self.pipe = pipeline
+        self.defaults = defaults or ModelDefaults()
+        self.kind = "video" if is_video_pipeline(self.pipe) else "image"
+        self._params = call_parameters(self.pipe)
+        self._cache = CacheDitController(self.pipe)
+        self._lock = threading.Lock()
+        self.device = str(self.pipe.device)
+
+    # -- request shaping ------------------------------------------------------------------
+
+    def resolve(self, request: GenerationRequest) -> GenerationRequest:
+        """Fill the model's defaults and check what only the engine can check."""
+        d = self.defaults
+        width = request.width if request.width is not None else d.width
+        height = request.height if request.height is not None else d.height
+        steps = request.num_inference_steps
+        if steps is None:
+            steps = d.steps or int(self._params["num_inference_steps"].default)
+        frames = request.num_frames
+        if self.kind == "video" and frames is None:
+            frames = d.num_frames or int(self._params["num_frames"].default)
+        problems = []
+        m = self.options.size_multiple
+        for name, value in (("width", width), ("height", height)):
+            if value is not None and (value <= 0 or value % m):
+                problems.append(f"{name}={value}: must be a positive multiple of {m}")
+        if steps < 1:
+            problems.append(f"num_inference_steps={steps}: must be >= 1")
+        if request.n < 1:
+            problems.append(f"n={request.n}: must be >= 1")
+        if self.kind == "video" and frames is not None and (frames < 1 or (frames - 1) % 4):
+            problems.append(f"num_frames={frames}: must be 4k+1 (1, 5, 9, 13, ...)")
+        if self.kind == "image" and request.num_frames not in (None, 1):
+            problems.append(f"num_frames={request.num_frames}: this model generates images")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return request.replace(
+            width=width,
+            height=height,
+            num_inference_steps=steps,
+            num_frames=frames if self.kind == "video" else None,
+            fps=(request.fps or d.fps) if self.kind == "video" else None,
+        )
+
+    def settings_for(self, request: GenerationRequest) -> CacheDitSettings:
+        """The environment's cache settings with the request's overrides (validated)."""
+        return self.cache_settings.with_overrides(request.enable_cache_dit, request.cache_dit_params)
+
+    def _runs_separate_cfg(self, request: GenerationRequest) -> bool:
+        name = type(self.pipe).__name__
+        if name.startswith(_TRUE_CFG_PREFIXES) and "true_cfg_scale" in self._params:
+            scale = request.true_cfg_scale
+            if scale is None:
+                scale = float(self._params["true_cfg_scale"].default)
+            return scale > 1 and request.negative_prompt is not None
+        if name.startswith(_GUIDANCE_CFG_PREFIXES) and "guidance_scale" in self._params:
+            scale = request.guidance_scale
+            if scale is None:
+                scale = float(self._params["guidance_scale"].default)
+            return scale > 1
+        return False
+
+    def _call_kwargs(self, request: GenerationRequest) -> dict[str, Any]:
+        gen_device = "cpu" if self.device == "mps" else self.device
+        generators = [
+            torch.Generator(device=gen_device).manual_seed(request.seed + i) for i in range(request.n)
+        ]
+        kwargs: dict[str, Any] = {
+            "prompt": request.prompt,
+            "height": request.height,
+            "width": request.width,
+            "num_inference_steps": request.num_inference_steps,
+            "generator": generators,
+            "output_type": "np",
+        }
+        optional = {
+            "negative_prompt": request.negative_prompt,
+            "guidance_scale": request.guidance_scale,
+            "true_cfg_scale": request.true_cfg_scale,
+            "num_frames": request.num_frames,
+            "max_sequence_length": self.defaults.max_sequence_length,
+        }
+        for key, value in optional.items():
+            if value is not None and key in self._params:
+                kwargs[key] = value
+        for key in ("num_images_per_prompt", "num_videos_per_prompt"):
+            if key in self._params:
+                kwargs[key] = request.n
+        return {k: v for k, v in kwargs.items() if v is not None}
+
+    # -- generation -----------------------------------------------------------------------
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        on_step: StepCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> GenerationResult:
+        """Run one request. Raises ValueError/ConfigError for bad input, GenerationCancelled."""
+        request = self.resolve(request)
+        settings = self.settings_for(request)
+        separate_cfg = self._runs_separate_cfg(request)
+        kwargs = self._call_kwargs(request)
+        steps = int(request.num_inference_steps or 0)
+        t_arrive = time.perf_counter()
+        with self._lock:
+            t_start = time.perf_counter()
+            plan = self._cache.plan(settings, steps, separate_cfg)
+            self._cache.prepare(plan)
+            marks: dict[str, float] = {}
+
+            def step_end(pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+                marks["last_step"] = time.perf_counter()
+                if on_step is not None:
+                    on_step(index + 1, steps)
+                if should_cancel is not None and should_cancel():
+                    raise GenerationCancelled(f"cancelled after step {index + 1} of {steps}")
+                return tensors
+
+            if "callback_on_step_end" in self._params:
+                kwargs["callback_on_step_end"] = step_end
+            with torch.inference_mode():
+                output = self.pipe(**kwargs)
+            t_done = time.perf_counter()
+            stats = self._cache.stats(plan)
+        frames = _to_uint8_frames(output, self.kind)
+        t_end = time.perf_counter()
+        last_step = marks.get("last_step", t_done)
+        return GenerationResult(
+            frames=frames,
+            kind=self.kind,
+            seed=request.seed,
+            steps=steps,
+            fps=request.fps,
+            request_id=request.request_id,
+            timings={
+                "queue_s": t_start - t_arrive,
+                "denoise_s": last_step - t_start,
+                "decode_s": t_done - last_step,
+                "postprocess_s": t_end - t_done,
+                "total_s": t_end - t_arrive,
+            },
+            cache=stats,
+        )
+
+
+def _to_uint8_frames(output: Any, kind: str) -> np.ndarray:
+    """Pipeline output (float in [0, 1]) -> uint8 [n, frames, H, W, 3]."""
+    array = output.frames if kind == "video" else output.images
+    array = np.asarray(array)
+    if kind == "image":
+        array = array[:, None]
+    return (np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+__all__ = ["ConfigError", "Engine", "EngineOptions", "GenerationCancelled"]
