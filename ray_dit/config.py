@@ -304,6 +304,15 @@ class StorageSettings:
     spool_dir: str = "/tmp/ray_dit/spool"
     spool_max_bytes: int = 2 * 1024**3
     url_wait_s: float = 2.0
+    # S3 client and upload loop (RAY_DIT_S3_*): explicit retries and timeouts, because botocore's
+    # defaults (legacy retries, 60 s timeouts) are wrong for a background drain loop.
+    max_attempts: int = 3
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0
+    upload_concurrency: int = 4
+    backoff_max_s: float = 30.0
+    verify_etag: bool = True
+    manifest_flush_s: float = 30.0
 
     @property
     def s3_enabled(self) -> bool:
@@ -324,6 +333,11 @@ class StorageSettings:
 # Reading the environment
 
 
+def _sensitive(name: str, raw: Any) -> bool:
+    """Credentials, or an endpoint URL that embeds user:password@, are never echoed."""
+    return "SECRET" in name or "ACCESS_KEY" in name or ("ENDPOINT" in name and "@" in str(raw))
+
+
 @dataclass
 class _EnvReader:
     """Reads variables, collecting every problem instead of stopping at the first."""
@@ -338,7 +352,7 @@ class _EnvReader:
         try:
             return parse(raw)
         except ValueError as exc:
-            shown = "<redacted>" if "SECRET" in name or "ACCESS_KEY" in name else repr(raw)
+            shown = "<redacted>" if _sensitive(name, raw) else repr(raw)
             self.problems.append(f"{name}={shown}: must be {exc}")
             return default
 
@@ -379,11 +393,38 @@ def _read_cache_dit(reader: _EnvReader) -> CacheDitSettings:
 def _parse_endpoint(raw: Any) -> str:
     from urllib.parse import urlparse
 
+    allowed = "an http:// or https:// URL with a host, e.g. http://minio:9000"
     text = str(raw).strip()
     parsed = urlparse(text)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ValueError("an http:// or https:// URL with a host, e.g. http://minio:9000")
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(allowed)
+    if "@" in parsed.netloc:
+        raise ValueError(allowed + ", without user:password@ (credentials go in SGLANG_S3_*_KEY*)")
+    if parsed.query or parsed.fragment or parsed.params:
+        raise ValueError(allowed + ", without ?query or #fragment")
+    try:
+        parsed.port  # noqa: B018  (raises on a non-numeric or out-of-range port)
+    except ValueError:
+        raise ValueError(allowed + ", with a numeric port 1-65535") from None
     return text.rstrip("/")
+
+
+def _parse_region(raw: Any) -> str:
+    import re
+
+    text = str(raw).strip()
+    if not re.fullmatch(r"[A-Za-z0-9_\-]{1,64}", text):
+        raise ValueError("a region name of letters, digits, '-' and '_', e.g. us-east-1")
+    return text
+
+
+def _parse_abs_path(raw: Any) -> str:
+    import os.path
+
+    text = str(raw).strip()
+    if not os.path.isabs(text) or "\x00" in text:
+        raise ValueError("an absolute directory path, e.g. /var/lib/ray_dit/spool")
+    return os.path.normpath(text)
 
 
 def _parse_bucket(raw: Any) -> str:
@@ -411,7 +452,7 @@ def _read_storage(reader: _EnvReader) -> StorageSettings:
         storage_type=storage_type,
         bucket=reader.get("SGLANG_S3_BUCKET_NAME", _parse_bucket, None),
         endpoint_url=reader.get("SGLANG_S3_ENDPOINT_URL", _parse_endpoint, None),
-        region=reader.get("SGLANG_S3_REGION_NAME", lambda r: str(r).strip(), default.region),
+        region=reader.get("SGLANG_S3_REGION_NAME", _parse_region, default.region),
         access_key_id=reader.get("SGLANG_S3_ACCESS_KEY_ID", lambda r: str(r).strip(), None),
         secret_access_key=reader.get("SGLANG_S3_SECRET_ACCESS_KEY", lambda r: str(r), None),
         key_prefix=reader.get("RAY_DIT_S3_KEY_PREFIX", _parse_prefix, default.key_prefix),
@@ -420,9 +461,22 @@ def _read_storage(reader: _EnvReader) -> StorageSettings:
         addressing_style=reader.get(
             "RAY_DIT_S3_ADDRESSING_STYLE", one_of(ADDRESSING_STYLES), default.addressing_style
         ),
-        spool_dir=reader.get("RAY_DIT_SPOOL_DIR", lambda r: str(r).strip(), default.spool_dir),
+        spool_dir=reader.get("RAY_DIT_SPOOL_DIR", _parse_abs_path, default.spool_dir),
         spool_max_bytes=reader.get("RAY_DIT_SPOOL_MAX_BYTES", int_at_least(1), default.spool_max_bytes),
         url_wait_s=reader.get("RAY_DIT_S3_URL_WAIT_S", _parse_nonneg_float, default.url_wait_s),
+        max_attempts=reader.get("RAY_DIT_S3_MAX_ATTEMPTS", int_at_least(1), default.max_attempts),
+        connect_timeout_s=reader.get(
+            "RAY_DIT_S3_CONNECT_TIMEOUT_S", parse_positive_float, default.connect_timeout_s
+        ),
+        read_timeout_s=reader.get("RAY_DIT_S3_READ_TIMEOUT_S", parse_positive_float, default.read_timeout_s),
+        upload_concurrency=reader.get(
+            "RAY_DIT_S3_UPLOAD_CONCURRENCY", int_at_least(1), default.upload_concurrency
+        ),
+        backoff_max_s=reader.get("RAY_DIT_S3_BACKOFF_MAX_S", parse_positive_float, default.backoff_max_s),
+        verify_etag=reader.get("RAY_DIT_S3_VERIFY_ETAG", parse_bool, default.verify_etag),
+        manifest_flush_s=reader.get(
+            "RAY_DIT_MANIFEST_FLUSH_S", parse_positive_float, default.manifest_flush_s
+        ),
     )
     if (
         settings.s3_enabled

@@ -143,6 +143,7 @@ class CacheDitController:
             self._mount(plan)
         for index, transformer in enumerate(self.transformers):
             cache_config, calibrator = self._configs(plan, index)
+            _replace_remembered_configs(transformer, cache_config, calibrator)
             cache_dit.refresh_context(transformer, cache_config=cache_config, calibrator_config=calibrator)
 
     # -- statistics -----------------------------------------------------------------------
@@ -159,12 +160,57 @@ class CacheDitController:
             per_expert.append(
                 _expert_stats(raw, transformer, knobs, plan.expert_steps[index], plan.separate_cfg)
             )
-        primary = per_expert[0]
-        primary.config = plan.settings.describe()
-        if len(per_expert) > 1:
-            primary.secondary = per_expert[1]
-            primary.secondary.config = plan.settings.describe()
-        return primary
+        label = plan.settings.describe()
+        for expert in per_expert:
+            expert.config = label
+        if len(per_expert) == 1:
+            return per_expert[0]
+        return _merge_experts(per_expert[0], per_expert[1])
+
+
+def _replace_remembered_configs(transformer: torch.nn.Module, cache_config: Any, calibrator: Any) -> None:
+    """Make ``refresh_context`` rebuild each context from exactly this request's configs.
+
+    cache-dit's refresh merges the new config into the one remembered from the previous request
+    and skips ``None`` fields, so a request without SCM would inherit the previous request's mask.
+    Replacing the remembered configs first turns the merge into a plain replacement.
+    """
+    manager = transformer._context_manager
+    for name in getattr(transformer, "_context_names", []):
+        remembered = manager.get_context(name)._init_kwargs
+        remembered["cache_config"] = copy.deepcopy(cache_config)
+        remembered["calibrator_config"] = copy.deepcopy(calibrator)
+
+
+def _merge_experts(high: CacheStats, low: CacheStats) -> CacheStats:
+    """Whole-request stats for a two-expert model; the low-noise expert's own stay attached.
+
+    The low-noise expert's steps follow the high-noise expert's, so its step indices are shifted
+    to request-wide indices.
+    """
+    offset = high.total_steps
+
+    def shifted(values: dict[int, float]) -> dict[int, float]:
+        return {k + offset: v for k, v in values.items()}
+
+    total = high.total_steps + low.total_steps
+    weight_high = high.total_steps / total if total else 0.0
+    return CacheStats(
+        enabled=True,
+        config=high.config,
+        total_steps=total,
+        computed_steps=high.computed_steps + low.computed_steps,
+        cached_steps=high.cached_steps + low.cached_steps,
+        cached_step_indices=high.cached_step_indices + [i + offset for i in low.cached_step_indices],
+        cfg_cached_steps=high.cfg_cached_steps + low.cfg_cached_steps,
+        cfg_cached_step_indices=high.cfg_cached_step_indices
+        + [i + offset for i in low.cfg_cached_step_indices],
+        residual_diffs={**high.residual_diffs, **shifted(low.residual_diffs)},
+        cfg_residual_diffs={**high.cfg_residual_diffs, **shifted(low.cfg_residual_diffs)},
+        skipped_block_fraction=weight_high * high.skipped_block_fraction
+        + (1 - weight_high) * low.skipped_block_fraction,
+        secondary=low,
+    )
 
 
 def _expert_stats(

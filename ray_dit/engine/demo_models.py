@@ -161,14 +161,32 @@ def build_flux_large() -> Any:
     )
 
 
-def build_wan_tiny() -> Any:
-    """A Wan-architecture text-to-video pipeline (UMT5 + AutoencoderKLWan + WanTransformer3D)."""
-    from diffusers import (
-        AutoencoderKLWan,
-        FlowMatchEulerDiscreteScheduler,
-        WanPipeline,
-        WanTransformer3DModel,
+def _wan_transformer() -> Any:
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=256,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
     )
+
+
+def build_wan_tiny(two_experts: bool = False) -> Any:
+    """A Wan-architecture text-to-video pipeline (UMT5 + AutoencoderKLWan + WanTransformer3D).
+
+    ``two_experts`` adds Wan 2.2's low-noise expert (``transformer_2``, boundary 0.875), the
+    case that the ``SGLANG_CACHE_DIT_SECONDARY_*`` settings exist for.
+    """
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
     from transformers import UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(_WEIGHT_SEED + 1)
@@ -194,27 +212,17 @@ def build_wan_tiny() -> Any:
         num_res_blocks=1,
         temperal_downsample=[False, True, True],
     )
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
-        in_channels=16,
-        out_channels=16,
-        text_dim=32,
-        freq_dim=256,
-        ffn_dim=32,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-    )
+    transformer = _wan_transformer()
+    transformer_2 = _wan_transformer() if two_experts else None
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    _eval_all(text_encoder, vae, transformer)
+    _eval_all(*(m for m in (text_encoder, vae, transformer, transformer_2) if m is not None))
     return WanPipeline(
         tokenizer=tok,
         text_encoder=text_encoder,
         vae=vae,
         transformer=transformer,
+        transformer_2=transformer_2,
+        boundary_ratio=0.875 if two_experts else None,
         scheduler=scheduler,
     )
 
@@ -223,6 +231,7 @@ DEMO_MODELS: dict[str, Callable[[], Any]] = {
     "flux-tiny": build_flux_tiny,
     "flux-large": build_flux_large,
     "wan-tiny": build_wan_tiny,
+    "wan22-tiny": lambda: build_wan_tiny(two_experts=True),
 }
 
 

@@ -31,6 +31,7 @@ DEMO_DEFAULTS = {
     "demo:flux-tiny": ModelDefaults(128, 128, 8, None, 16, 32),
     "demo:flux-large": ModelDefaults(256, 256, 20, None, 16, 32),
     "demo:wan-tiny": ModelDefaults(64, 64, 8, 9, 8, 32),
+    "demo:wan22-tiny": ModelDefaults(64, 64, 8, 9, 8, 32),
 }
 
 
