@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import numpy as np
@@ -319,7 +320,7 @@ def test_two_expert_model_uses_secondary_settings():
     assert (high_steps, stats.secondary.total_steps) == (4, 8)  # boundary 0.875 at 12 steps
     # The low-noise expert: warmup 2, then at most 1 cached step in a row.
     low = stats.secondary.cached_step_indices
-    assert low and min(low) >= 2 and all(b - a >= 2 for a, b in zip(low, low[1:], strict=False))
+    assert low and min(low) >= 2 and all(b - a >= 2 for a, b in itertools.pairwise(low))
     # The high-noise expert follows the primary knobs: warmup 1, up to 3 in a row.
     high = [i for i in stats.cached_step_indices if i < high_steps]
     assert high == [1, 2, 3]
