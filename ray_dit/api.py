@@ -112,3 +112,33 @@ class GenerationResult:
     @property
     def num_frames(self) -> int:
         return int(self.frames.shape[1])
+
+
+@dataclass
+class StoredOutput:
+    """One output after the frame sink spooled it: what the response and the job table need.
+
+    ``url`` is the S3 URL only once the upload is confirmed (None while pending, and always None
+    when S3 is off: serve it from ``/v1/images/{id}/content``). ``data`` carries the encoded bytes
+    only when the caller asked for them (b64_json responses never wait for S3).
+    """
+
+    request_id: str
+    index: int
+    key: str
+    format: str
+    content_type: str
+    extension: str
+    num_bytes: int
+    md5: str
+    width: int
+    height: int
+    frames: int
+    storage: Literal["s3", "local"]
+    url: str | None = None
+    local_path: str | None = None
+    fps: int | None = None
+    encode_s: float = 0.0
+    spool_s: float = 0.0
+    created: float = 0.0
+    data: bytes | None = field(default=None, repr=False)

@@ -1,0 +1,133 @@
+"""Encode one output's frames to the bytes that get stored.
+
+The sink, not the GPU replica, does this work, so encoding time never counts against denoising.
+Encoders are deterministic for the same frames (PNG, JPEG, WebP and libx264 all are), which keeps
+the storage contract's "a retry rewrites identical bytes" true even when an output is re-encoded.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from ray_dit.api import IMAGE_FORMATS, VIDEO_FORMATS
+
+#: format -> (content type, file extension)
+FORMAT_INFO: dict[str, tuple[str, str]] = {
+    "png": ("image/png", "png"),
+    "jpeg": ("image/jpeg", "jpg"),
+    "webp": ("image/webp", "webp"),
+    "mp4": ("video/mp4", "mp4"),
+}
+DEFAULT_FORMAT = {"image": "png", "video": "mp4"}
+JPEG_QUALITY = 92
+WEBP_QUALITY = 90
+MP4_QUALITY = 8  # imageio-ffmpeg's 0-10 scale; 8 is visually lossless for generated content
+DEFAULT_FPS = 16
+
+
+@dataclass(frozen=True)
+class EncodedOutput:
+    """One encoded output and the facts the key, the upload and the manifest need."""
+
+    data: bytes
+    format: str
+    content_type: str
+    extension: str
+    width: int
+    height: int
+    frames: int
+    fps: int | None
+
+
+def resolve_format(kind: str, output_format: str | None) -> str:
+    """Pick the format for ``kind``; None means the kind's default (png / mp4).
+
+    Raises ValueError naming the field and the allowed values on a mismatch.
+    """
+    if kind not in DEFAULT_FORMAT:
+        raise ValueError(f"kind={kind!r}: must be one of image/video")
+    if output_format is None or str(output_format).strip() == "":
+        return DEFAULT_FORMAT[kind]
+    fmt = str(output_format).strip().lower()
+    if fmt == "jpg":
+        fmt = "jpeg"
+    allowed = IMAGE_FORMATS if kind == "image" else VIDEO_FORMATS
+    if fmt not in allowed:
+        raise ValueError(
+            f"output_format={output_format!r}: for {kind} outputs must be one of {'/'.join(allowed)}"
+        )
+    return fmt
+
+
+def encode_output(
+    frames: np.ndarray, kind: str, output_format: str | None = None, fps: int | None = None
+) -> EncodedOutput:
+    """Encode one output, uint8 ``[n_frames, H, W, 3]``, as an image or an MP4 video."""
+    fmt = resolve_format(kind, output_format)
+    array = np.asarray(frames)
+    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3 or 0 in array.shape:
+        raise ValueError(
+            f"frames: must be a non-empty uint8 array [n_frames, H, W, 3], got {array.dtype} {array.shape}"
+        )
+    content_type, extension = FORMAT_INFO[fmt]
+    if kind == "image":
+        if array.shape[0] != 1:
+            raise ValueError(f"frames: an image output has exactly 1 frame, got {array.shape[0]}")
+        data = _encode_image(array[0], fmt)
+        height, width = array.shape[1:3]
+        return EncodedOutput(data, fmt, content_type, extension, int(width), int(height), 1, None)
+    rate = int(fps) if fps else DEFAULT_FPS
+    if rate <= 0:
+        raise ValueError(f"fps={fps!r}: must be a positive integer")
+    even = _pad_to_even(array)
+    data = _encode_mp4(even, rate)
+    height, width = even.shape[1:3]
+    return EncodedOutput(
+        data, fmt, content_type, extension, int(width), int(height), int(even.shape[0]), rate
+    )
+
+
+def _encode_image(frame: np.ndarray, fmt: str) -> bytes:
+    from PIL import Image
+
+    image = Image.fromarray(np.ascontiguousarray(frame), mode="RGB")
+    buffer = io.BytesIO()
+    if fmt == "png":
+        image.save(buffer, format="PNG", compress_level=6)
+    elif fmt == "jpeg":
+        image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    else:
+        image.save(buffer, format="WEBP", quality=WEBP_QUALITY, method=4)
+    return buffer.getvalue()
+
+
+def _pad_to_even(frames: np.ndarray) -> np.ndarray:
+    """yuv420p needs even width and height: repeat the last row/column rather than crop pixels."""
+    _, height, width, _ = frames.shape
+    pad_h, pad_w = height % 2, width % 2
+    if not pad_h and not pad_w:
+        return frames
+    return np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+
+
+def _encode_mp4(frames: np.ndarray, fps: int) -> bytes:
+    import imageio.v3 as iio
+
+    data = iio.imwrite(
+        "<bytes>",
+        frames,
+        extension=".mp4",
+        plugin="FFMPEG",
+        fps=fps,
+        codec="libx264",
+        pixelformat="yuv420p",
+        quality=MP4_QUALITY,
+        macro_block_size=1,
+        ffmpeg_log_level="error",
+    )
+    if not data:
+        raise RuntimeError("ffmpeg produced no MP4 data")
+    return bytes(data)

@@ -1,0 +1,211 @@
+"""Parquet manifest: one row per stored output, as a pyarrow dataset under the spool.
+
+A row is first written as a tiny JSON file (temp, fsync, rename) *before* its spool entry is
+removed, so a crash can never lose a row whose object was uploaded; rows are then folded into
+``part-*.parquet`` files in small batches (temp file, fsync, rename) and those parts are uploaded
+to ``{prefix}/manifest/`` later. After a crash a row may appear twice (at-least-once, like the
+objects): deduplicate on ``key``. Layout under ``root`` (``{spool_dir}/manifest``)::
+
+    part-<utc>-<id>.parquet   the dataset (read it with pyarrow.dataset.dataset(root))
+    _rows/*.json              rows not yet folded into a part
+    _uploaded/<part name>     marker: this part is in S3
+    _lock                     flock held by whichever process folds or uploads
+
+Names starting with '_' or '.' are ignored by pyarrow's dataset discovery.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+_TS = pa.timestamp("ms", tz="UTC")
+SCHEMA = pa.schema(
+    [
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("output_index", pa.int32(), nullable=False),
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("storage", pa.string(), nullable=False),  # "s3" or "local"
+        pa.field("bucket", pa.string()),
+        pa.field("url", pa.string()),  # credential-free object URL; never a presigned one
+        pa.field("url_mode", pa.string()),
+        pa.field("bytes", pa.int64(), nullable=False),
+        pa.field("md5", pa.string(), nullable=False),
+        pa.field("content_type", pa.string(), nullable=False),
+        pa.field("format", pa.string(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("frames", pa.int32(), nullable=False),
+        pa.field("fps", pa.int32()),
+        pa.field("seed", pa.int64()),
+        pa.field("steps", pa.int32()),
+        pa.field("cache_stats", pa.string()),  # JSON object (ray_dit.api.CacheStats.as_dict())
+        pa.field("timings", pa.string()),  # JSON object: the engine's timings, seconds
+        pa.field("denoise_s", pa.float64()),
+        pa.field("encode_s", pa.float64()),
+        pa.field("upload_s", pa.float64()),
+        pa.field("upload_attempts", pa.int32()),
+        pa.field("created", _TS, nullable=False),
+        pa.field("uploaded", _TS),
+    ]
+)
+COLUMNS = tuple(SCHEMA.names)
+_TIME_COLUMNS = ("created", "uploaded")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _to_timestamp(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc)
+    return datetime.fromtimestamp(float(value), tz=timezone.utc)
+
+
+class Manifest:
+    """Durable row log + Parquet dataset. Safe for several processes sharing one directory."""
+
+    def __init__(self, root: str | os.PathLike[str], batch_rows: int = 256) -> None:
+        self.root = Path(root).resolve()
+        self.batch_rows = batch_rows
+        self._rows = self.root / "_rows"
+        self._uploaded = self.root / "_uploaded"
+        for path in (self.root, self._rows, self._uploaded):
+            path.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"Manifest(root={str(self.root)!r})"
+
+    def record(self, row: Mapping[str, Any]) -> None:
+        """Durably log one row (unknown columns are an error, missing ones are null)."""
+        unknown = set(row) - set(COLUMNS)
+        if unknown:
+            raise ValueError(f"manifest row has unknown columns {sorted(unknown)}")
+        clean = {name: row.get(name) for name in COLUMNS}
+        for name in _TIME_COLUMNS:
+            stamp = _to_timestamp(clean[name])
+            clean[name] = stamp.timestamp() if stamp else None
+        data = json.dumps(clean, sort_keys=True).encode()
+        name = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
+        fd, tmp = tempfile.mkstemp(dir=self._rows, prefix=".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self._rows / name)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(self._rows)
+
+    def pending_rows(self) -> int:
+        return sum(1 for p in self._rows.iterdir() if p.suffix == ".json" and not p.name.startswith("."))
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[bool]:
+        fd = os.open(self.root / "_lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
+
+    def flush(self) -> Path | None:
+        """Fold logged rows into one new Parquet part; None when there was nothing to fold
+        (or another process is folding right now)."""
+        with self._locked() as mine:
+            if not mine:
+                return None
+            files = sorted(p for p in self._rows.iterdir() if p.suffix == ".json" and p.name[0] != ".")
+            if not files:
+                return None
+            rows = []
+            for path in files:
+                try:
+                    rows.append(json.loads(path.read_bytes()))
+                except (OSError, ValueError):
+                    log.error("manifest row %s is unreadable; skipped", path.name)
+            part = self._write_part(rows)
+            for path in files:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            return part
+
+    def _write_part(self, rows: list[dict[str, Any]]) -> Path:
+        columns: dict[str, list[Any]] = {name: [r.get(name) for r in rows] for name in COLUMNS}
+        for name in _TIME_COLUMNS:
+            columns[name] = [_to_timestamp(v) for v in columns[name]]
+        table = pa.Table.from_pydict(columns, schema=SCHEMA)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        final = self.root / f"part-{stamp}-{uuid.uuid4().hex[:12]}.parquet"
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".", suffix=".tmp")
+        os.close(fd)
+        try:
+            pq.write_table(table, tmp, compression="zstd")
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(self.root)
+        return final
+
+    def parts(self) -> list[Path]:
+        return sorted(self.root.glob("part-*.parquet"))
+
+    def unuploaded_parts(self) -> list[Path]:
+        return [p for p in self.parts() if not (self._uploaded / p.name).exists()]
+
+    def upload(self, put: Callable[[str, bytes], object]) -> int:
+        """Upload every part not yet marked as uploaded with ``put(part_name, data)``.
+
+        ``put`` raises on failure; the part then stays unmarked and is tried again next time.
+        Returns how many parts were uploaded.
+        """
+        done = 0
+        with self._locked() as mine:
+            if not mine:
+                return 0
+            for part in self.unuploaded_parts():
+                put(part.name, part.read_bytes())
+                (self._uploaded / part.name).touch()
+                done += 1
+        return done
+
+    def read(self) -> pa.Table:
+        """Every flushed row, as one table (pending rows are not included: call flush first)."""
+        import pyarrow.dataset as ds
+
+        if not self.parts():
+            return SCHEMA.empty_table()
+        return ds.dataset(self.root, format="parquet", schema=SCHEMA).to_table()

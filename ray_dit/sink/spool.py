@@ -1,0 +1,470 @@
+"""Node-local, at-least-once spool of encoded outputs.
+
+An output is acknowledged only once its bytes and a small JSON record are durably on disk (temp
+file, fsync, rename, directory fsync), and its entry is removed only after S3 confirmed the upload.
+Several sink processes on one node may share a spool directory: every change to an entry happens
+under that entry's ``flock`` lock, which the kernel releases when its holder dies, so an entry
+left behind by a killed process is simply claimed by the next uploader that scans the directory.
+
+Layout under ``root``::
+
+    pending/{name}.{ext}   the encoded bytes (a normal image/video file, servable as is)
+    pending/{name}.json    the record; its presence is what makes an entry exist
+    locks/{name}.lock      per-entry flock files
+    tmp/                   writes in progress
+    quarantine/            entries whose bytes no longer match their MD5
+
+``name`` is ``{request_id}_{index}``, built by :mod:`ray_dit.sink.keys`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray_dit.sink import keys
+
+log = logging.getLogger(__name__)
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,128}_\d{1,4}")
+META_VERSION = 1
+ORPHAN_AGE_S = 60.0  # a data file without a record, older than this, is garbage
+TMP_AGE_S = 3600.0
+PUT_LOCK_WAIT_S = 120.0
+
+
+class SpoolError(RuntimeError):
+    """The spool could not do what was asked (disk full, I/O error, lock not obtained)."""
+
+
+@dataclass(frozen=True)
+class SpoolEntry:
+    """One stored output waiting in the spool; ``meta`` is the whole JSON record."""
+
+    name: str
+    key: str
+    data_path: Path
+    meta_path: Path
+    size: int
+    md5: str
+    content_type: str
+    created: float
+    meta: Mapping[str, Any] = field(repr=False, compare=False)
+
+
+class Claim:
+    """Exclusive right to upload or remove one entry; released on close or when the process dies."""
+
+    def __init__(self, name: str, fd: int, path: Path) -> None:
+        self.name = name
+        self._fd: int | None = fd
+        self._path = path
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self, unlink: bool = False) -> None:
+        if self._fd is None:
+            return
+        if unlink:  # unlink while still locked, so nobody holds a lock on a file we drop
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._path)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> Claim:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.release()
+
+
+def md5_hex(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """A directory of entries with a byte cap; safe for several threads and processes.
+
+    ``evict_oldest=True`` turns it into a bounded cache (used as the local store when S3 is off):
+    a put that takes it over the cap removes the oldest other entries instead of reporting full.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        max_bytes: int,
+        *,
+        evict_oldest: bool = False,
+        scan_interval_s: float = 0.5,
+    ) -> None:
+        self.root = Path(root).resolve()
+        self.max_bytes = int(max_bytes)
+        self.evict_oldest = evict_oldest
+        self._scan_interval_s = scan_interval_s
+        self._pending = self.root / "pending"
+        self._locks = self.root / "locks"
+        self._tmp = self.root / "tmp"
+        self._quarantine = self.root / "quarantine"
+        for path in (self._pending, self._locks, self._tmp, self._quarantine):
+            path.mkdir(parents=True, exist_ok=True)
+        self._mutex = threading.Lock()
+        self._bytes_cache: int | None = None
+        self._bytes_at = 0.0
+
+    def __repr__(self) -> str:
+        return f"Spool(root={str(self.root)!r}, max_bytes={self.max_bytes})"
+
+    # ---------------------------------------------------------------------------------------
+    # paths
+
+    def _inside(self, path: Path) -> Path:
+        real = Path(os.path.realpath(path))
+        if self.root not in real.parents:
+            raise SpoolError("spool path escapes the spool directory")
+        return real
+
+    def _meta_path(self, name: str) -> Path:
+        return self._inside(self._pending / f"{_check_name(name)}.json")
+
+    def _data_path(self, name: str, extension: str) -> Path:
+        return self._inside(self._pending / f"{_check_name(name)}.{keys.check_extension(extension)}")
+
+    def _lock_path(self, name: str) -> Path:
+        return self._inside(self._locks / f"{_check_name(name)}.lock")
+
+    # ---------------------------------------------------------------------------------------
+    # writing
+
+    def put(self, key: str, data: bytes, meta: Mapping[str, Any] | None = None) -> SpoolEntry:
+        """Durably store ``data`` for ``key`` and return its entry (the acknowledgement point).
+
+        ``meta`` must hold ``content_type``; anything else JSON-serialisable travels with the entry
+        (the manifest row's facts). Never refuses because of the cap: the caller checks
+        :meth:`is_full` before admitting new work, and a finished output is never dropped.
+        """
+        name, extension = split_key(key)
+        meta = dict(meta or {})
+        content_type = str(meta.pop("content_type", "") or "application/octet-stream")
+        data_path = self._data_path(name, extension)
+        meta_path = self._meta_path(name)
+        record = {
+            **meta,
+            "version": META_VERSION,
+            "name": name,
+            "key": key,
+            "file": data_path.name,
+            "size": len(data),
+            "md5": md5_hex(data),
+            "content_type": content_type,
+            "created": time.time(),
+        }
+        encoded = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+        claim = self._claim_blocking(name, PUT_LOCK_WAIT_S)
+        try:
+            old = self._load(meta_path)
+            # Bytes first, record last: a record always points at complete bytes.
+            self._write_atomic(data_path, data)
+            _fsync_dir(self._pending)
+            self._write_atomic(meta_path, encoded)
+            _fsync_dir(self._pending)
+            if old is not None and old.data_path != data_path:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(old.data_path)
+        except OSError as exc:
+            raise SpoolError(f"could not write spool entry {name}: {exc.strerror or exc}") from None
+        finally:
+            claim.release()
+        entry = self._entry_from_record(record)
+        with self._mutex:
+            if old is not None:
+                self._bytes_cache = None
+            elif self._bytes_cache is not None:
+                self._bytes_cache += entry.size + len(encoded)
+        if self.evict_oldest:
+            self._evict(keep=name)
+        return entry
+
+    def _write_atomic(self, final: Path, data: bytes) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix=final.name + ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    # ---------------------------------------------------------------------------------------
+    # reading
+
+    def _load(self, meta_path: Path) -> SpoolEntry | None:
+        try:
+            record = json.loads(meta_path.read_bytes())
+            return self._entry_from_record(record)
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError, SpoolError):
+            log.error("spool record %s is unreadable; moving it to quarantine", meta_path.name)
+            self._quarantine_files(meta_path)
+            return None
+
+    def _entry_from_record(self, record: Mapping[str, Any]) -> SpoolEntry:
+        name = _check_name(str(record["name"]))
+        key = str(record["key"])
+        key_name, extension = split_key(key)
+        if key_name != name or record["file"] != f"{name}.{extension}":
+            raise SpoolError("spool record does not match its key")
+        return SpoolEntry(
+            name=name,
+            key=key,
+            data_path=self._data_path(name, extension),
+            meta_path=self._meta_path(name),
+            size=int(record["size"]),
+            md5=str(record["md5"]),
+            content_type=str(record["content_type"]),
+            created=float(record["created"]),
+            meta=record,
+        )
+
+    @staticmethod
+    def _size_of(entry: SpoolEntry) -> int:
+        try:
+            return entry.size + entry.meta_path.stat().st_size
+        except FileNotFoundError:
+            return entry.size
+
+    def get(self, name: str) -> SpoolEntry | None:
+        """The entry called ``name`` (``{request_id}_{index}``), or None once it is gone."""
+        return self._load(self._meta_path(name))
+
+    def names(self) -> set[str]:
+        """Names of the entries present now (cheap: a directory listing, no record reads)."""
+        with os.scandir(self._pending) as scan:
+            return {
+                item.name[:-5]
+                for item in scan
+                if item.name.endswith(".json") and _NAME_RE.fullmatch(item.name[:-5])
+            }
+
+    def pending(self) -> list[SpoolEntry]:
+        """Every entry in the spool, oldest first, including those left by dead processes."""
+        entries = []
+        total = 0
+        for path in self._pending.glob("*.json"):
+            if not _NAME_RE.fullmatch(path.stem):
+                continue
+            entry = self._load(path)
+            if entry is None or not entry.data_path.exists():
+                continue
+            entries.append(entry)
+            total += self._size_of(entry)
+        with self._mutex:
+            self._bytes_cache, self._bytes_at = total, time.monotonic()
+        entries.sort(key=lambda e: (e.created, e.name))
+        return entries
+
+    def read(self, request_id: str, index: int) -> tuple[bytes, SpoolEntry] | None:
+        """The bytes and entry of one output, or None when it is not (or no longer) here."""
+        entry = self.get(keys.entry_name(request_id, index))
+        if entry is None:
+            return None
+        try:
+            with open(entry.data_path, "rb") as handle:  # still readable if removed meanwhile
+                return handle.read(), entry
+        except FileNotFoundError:
+            return None
+
+    # ---------------------------------------------------------------------------------------
+    # claiming and removing
+
+    def claim(self, name: str) -> Claim | None:
+        """Try to take the entry's lock without waiting; None if another uploader holds it."""
+        path = self._lock_path(name)
+        for _ in range(5):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            except BaseException:
+                os.close(fd)
+                raise
+            # The holder before us may have removed the entry and unlinked this lock file; a lock
+            # on an unlinked file protects nothing, so take the lock on the current file instead.
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return Claim(name, fd, path)
+            os.close(fd)
+        return None
+
+    def _claim_blocking(self, name: str, timeout_s: float) -> Claim:
+        deadline = time.monotonic() + timeout_s
+        delay = 0.005
+        while True:
+            claim = self.claim(name)
+            if claim is not None:
+                return claim
+            if time.monotonic() >= deadline:
+                raise SpoolError(f"spool entry {name} stayed locked for {timeout_s:.0f} s")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    def remove(self, entry: SpoolEntry, claim: Claim | None = None) -> bool:
+        """Delete an entry (call only after S3 confirmed it). Returns False if it is not ours.
+
+        With ``claim`` (held by the caller) the entry is removed under that lock and the lock is
+        released; without one a lock is taken if free. An entry rewritten since ``entry`` was read
+        (a different MD5) is left alone: those new bytes still need uploading.
+        """
+        own = claim if claim is not None and claim.held else self.claim(entry.name)
+        if own is None:
+            return False
+        try:
+            current = self._load(entry.meta_path)
+            if current is None:
+                own.release(unlink=True)
+                return True
+            if current.md5 != entry.md5:
+                return False
+            freed = self._size_of(current)
+            # Record first, bytes after: an entry never exists without its bytes.
+            os.unlink(current.meta_path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(current.data_path)
+            with self._mutex:
+                if self._bytes_cache is not None:
+                    self._bytes_cache = max(self._bytes_cache - freed, 0)
+            own.release(unlink=True)
+            return True
+        finally:
+            own.release()
+
+    def quarantine(self, entry: SpoolEntry, claim: Claim) -> None:
+        """Move an entry whose bytes are corrupt out of the way (under ``claim``) and log it."""
+        log.error("spool entry %s: bytes do not match the recorded MD5; quarantined", entry.name)
+        self._quarantine_files(entry.data_path, entry.meta_path)
+        self._invalidate()
+
+    def _quarantine_files(self, *paths: Path) -> None:
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(path, self._quarantine / f"{path.name}.{int(time.time())}")
+
+    # ---------------------------------------------------------------------------------------
+    # size, cap and housekeeping
+
+    def _invalidate(self) -> None:
+        with self._mutex:
+            self._bytes_cache = None
+
+    def used_bytes(self) -> int:
+        """Bytes held by entries (all processes), rescanned at most every ``scan_interval_s``."""
+        with self._mutex:
+            fresh = time.monotonic() - self._bytes_at < self._scan_interval_s
+            if self._bytes_cache is not None and fresh:
+                return self._bytes_cache
+        total = 0
+        with os.scandir(self._pending) as scan:
+            for item in scan:
+                with contextlib.suppress(FileNotFoundError):
+                    total += item.stat().st_size
+        with self._mutex:
+            self._bytes_cache, self._bytes_at = total, time.monotonic()
+        return total
+
+    def is_full(self) -> bool:
+        """True once the spool holds ``max_bytes`` or more: the ingress should refuse new work."""
+        return self.used_bytes() >= self.max_bytes
+
+    def oldest_age_s(self) -> float:
+        entries = self.pending()
+        return max(0.0, time.time() - entries[0].created) if entries else 0.0
+
+    def _evict(self, keep: str) -> None:
+        if self.used_bytes() <= self.max_bytes:
+            return
+        self._invalidate()
+        for entry in self.pending():
+            if self.used_bytes() <= self.max_bytes:
+                break
+            if entry.name == keep:
+                continue
+            if self.remove(entry):
+                log.info("local store over its cap: evicted %s", entry.name)
+                self._invalidate()
+
+    def sweep(self) -> int:
+        """Remove leftovers of crashed writers: stale temp files and bytes without a record."""
+        removed = 0
+        now = time.time()
+        for path in self._tmp.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if now - path.stat().st_mtime > TMP_AGE_S:
+                    path.unlink()
+                    removed += 1
+        for path in self._pending.iterdir():
+            if path.suffix == ".json" or not _NAME_RE.fullmatch(path.stem):
+                continue
+            claim = self.claim(path.stem)
+            if claim is None:
+                continue
+            with claim:
+                try:
+                    orphan = not (self._pending / f"{path.stem}.json").exists()
+                    if orphan and now - path.stat().st_mtime > ORPHAN_AGE_S:
+                        path.unlink()
+                        removed += 1
+                except FileNotFoundError:
+                    pass
+        if removed:
+            self._invalidate()
+        return removed
+
+
+def _check_name(name: str) -> str:
+    if not _NAME_RE.fullmatch(name):
+        raise SpoolError("invalid spool entry name")
+    return name
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """``.../{request_id}_{index}.{ext}`` -> (``{request_id}_{index}``, ``ext``), validated."""
+    base = key.rsplit("/", 1)[-1]
+    name, _, extension = base.rpartition(".")
+    if not _NAME_RE.fullmatch(name):
+        raise ValueError("key: must end in {request_id}_{index}.{ext}")
+    keys.check_extension(extension)
+    return name, extension
