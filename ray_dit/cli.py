@@ -1,0 +1,146 @@
+"""``ray-dit``: generate locally with the same engine and environment config as the server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ray_dit.api import GenerationRequest, parse_size
+from ray_dit.config import ConfigError
+
+EXTENSIONS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".mp4": "mp4"}
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ray-dit",
+        description="Serve and run Diffusion Transformers with Cache-DiT on Ray.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser(
+        "generate",
+        help="generate one image or video locally",
+        description="Generate locally. Cache-DiT reads the SGLANG_CACHE_DIT_* environment variables.",
+    )
+    gen.add_argument("prompt")
+    gen.add_argument("-o", "--output", default="out.png", help="output file: .png .jpg .webp or .mp4")
+    gen.add_argument("--model", default="demo:flux-tiny", help="diffusers id or path, or demo:<name>")
+    gen.add_argument("--steps", type=int, default=None, help="num_inference_steps")
+    gen.add_argument("--size", default=None, help="WIDTHxHEIGHT, e.g. 128x128")
+    gen.add_argument("--seed", type=int, default=1024)
+    gen.add_argument("--n", type=int, default=1, help="number of outputs (written as name-<i>.ext)")
+    gen.add_argument("--frames", type=int, default=None, help="video models: number of frames (4k+1)")
+    gen.add_argument("--fps", type=int, default=None, help="video models: frames per second")
+    gen.add_argument("--guidance-scale", type=float, default=None)
+    gen.add_argument("--true-cfg-scale", type=float, default=None)
+    gen.add_argument("--negative-prompt", default=None)
+    cache = gen.add_mutually_exclusive_group()
+    cache.add_argument("--cache", dest="cache", action="store_true", default=None, help="force Cache-DiT on")
+    cache.add_argument("--no-cache", dest="cache", action="store_false", help="force Cache-DiT off")
+    gen.add_argument("--cache-params", default=None, help="JSON object of cache_dit_params overrides")
+    gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    gen.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    gen.add_argument("--json", action="store_true", help="print timings and cache stats as JSON")
+    return parser
+
+
+def _outputs(path: Path, n: int) -> list[Path]:
+    if n == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(n)]
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ray_dit.engine import Engine, EngineOptions
+    from ray_dit.sink.encode import encode_output
+
+    output = Path(args.output)
+    fmt = EXTENSIONS.get(output.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"--output={args.output!r}: the extension must be one of {', '.join(EXTENSIONS)}")
+    width = height = None
+    if args.size:
+        width, height = parse_size(args.size)
+    params = None
+    if args.cache_params:
+        try:
+            params = json.loads(args.cache_params)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--cache-params: not valid JSON ({exc.msg})") from None
+    engine = Engine(EngineOptions(model=args.model, device=args.device, dtype=args.dtype))
+    request = GenerationRequest(
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        n=args.n,
+        width=width,
+        height=height,
+        num_frames=args.frames,
+        fps=args.fps,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        true_cfg_scale=args.true_cfg_scale,
+        seed=args.seed,
+        enable_cache_dit=args.cache,
+        cache_dit_params=params,
+        output_format=fmt,
+    )
+    request = engine.resolve(request)
+    bar = tqdm(total=request.num_inference_steps, desc="denoising", unit="step", file=sys.stderr)
+
+    def on_step(step: int, total: int) -> None:
+        bar.update(step - bar.n)
+
+    try:
+        result = engine.generate(request, on_step=on_step)
+    finally:
+        bar.close()
+    paths = _outputs(output, result.frames.shape[0])
+    for index, path in enumerate(paths):
+        encoded = encode_output(result.frames[index], result.kind, fmt, result.fps)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encoded.data)
+    stats = result.cache
+    summary = {
+        "outputs": [str(p) for p in paths],
+        "model": args.model,
+        "size": f"{result.width}x{result.height}",
+        "frames": result.num_frames,
+        "steps": result.steps,
+        "seed": result.seed,
+        "timings": {k: round(v, 4) for k, v in result.timings.items()},
+        "cache": stats.as_dict(),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    for path in paths:
+        print(f"wrote {path}")
+    print(f"denoise {result.timings['denoise_s']:.3f} s, total {result.timings['total_s']:.3f} s")
+    if stats.enabled:
+        print(
+            f"cache {stats.config}: {stats.cached_steps}/{stats.total_steps} steps cached "
+            f"(steps {stats.cached_step_indices}), CFG branch {stats.cfg_cached_steps} cached, "
+            f"{stats.skipped_block_fraction:.1%} of block evaluations skipped"
+        )
+    else:
+        print("cache: off (set SGLANG_CACHE_DIT_ENABLED=true or pass --cache)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        if args.command == "generate":
+            return _generate(args)
+    except (ConfigError, ValueError) as exc:
+        print(f"ray-dit: error: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
