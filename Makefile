@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check ray_dit tests benchmarks
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/cache_speedup.py
+	@for f in benchmarks/*.py; do echo "# $$f"; $(BIN)/python $$f || exit 1; done
 
 serve: $(STAMP)
 	$(BIN)/serve run serve_config.yaml
