@@ -1,0 +1,119 @@
+"""The application builder: ``import_path: ray_dit.serve.app:build_app``.
+
+``args`` (from ``serve_config.yaml`` or a notebook) are validated here, in the process that
+builds the app, so a typo fails ``serve run``/``serve deploy`` with one clear message instead of
+a replica that crash-loops. Environment settings (SGLANG_*, RAY_DIT_*) are read by the replicas
+themselves, because ``runtime_env.env_vars`` is applied to them, not to the builder.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from ray.serve import Application
+
+from ray_dit.config import ConfigError
+from ray_dit.serve.dit import DiTDeployment
+from ray_dit.serve.frame_sink import FrameSinkDeployment
+from ray_dit.serve.ingress import Ingress
+from ray_dit.serve.jobs import VideoJobs
+from ray_dit.serve.settings import limits_from_mapping
+
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class AppArgs(BaseModel):
+    """Builder arguments; unknown keys are an error (Serve would not tell you about a typo)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "demo:flux-tiny"
+    served_model_name: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    num_gpus: float = Field(0, ge=0)
+    dit_num_cpus: float = Field(1, ge=0)
+    dit_replicas: int = Field(1, ge=1)
+    sink_replicas: int = Field(1, ge=1)
+    ingress_replicas: int = Field(1, ge=1)
+    max_ongoing_requests: int = Field(1, ge=1, le=8)
+    max_queued_requests: int = Field(8, ge=1)
+    limits: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a diffusers pipeline (hub id or local path) or demo:<name>")
+        return value.strip()
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        ok = (
+            value in ("auto", "cpu", "mps")
+            or value == "cuda"
+            or (value.startswith("cuda:") and value[5:].isdigit())
+        )
+        if not ok:
+            raise ValueError(f"must be one of {DEVICES}")
+        return value
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, value: str) -> str:
+        if value not in DTYPES:
+            raise ValueError(f"must be one of {', '.join(DTYPES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AppArgs:
+        if self.device.startswith("cuda") and self.num_gpus == 0:
+            raise ValueError(
+                "device is cuda but num_gpus is 0: set num_gpus (e.g. 1) so Ray gives the replica a GPU"
+            )
+        try:
+            limits_from_mapping(self.limits)
+        except ConfigError as exc:
+            raise ValueError("; ".join(exc.problems)) from None
+        return self
+
+
+def parse_args(args: dict[str, Any] | None) -> AppArgs:
+    """Validate builder args; ValueError lists every problem with its key."""
+    try:
+        return AppArgs.model_validate(dict(args or {}))
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ())) or "args"
+            msg = "unknown key" if err.get("type") == "extra_forbidden" else err.get("msg", "invalid")
+            problems.append(f"args.{where}: {msg}")
+        raise ValueError("invalid ray_dit app args:\n  - " + "\n  - ".join(problems)) from None
+
+
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    """Ingress -> (DiT, FrameSink, VideoJobs), sized from ``args``."""
+    cfg = parse_args(args)
+    given = cfg.model_fields_set
+
+    def replicas(name: str) -> dict[str, int]:
+        # Only pin num_replicas when asked: a config may give the deployment autoscaling_config.
+        return {"num_replicas": getattr(cfg, name)} if name in given else {}
+
+    jobs = VideoJobs.bind()
+    dit = DiTDeployment.options(
+        max_ongoing_requests=cfg.max_ongoing_requests,
+        max_queued_requests=cfg.max_queued_requests,
+        ray_actor_options={"num_cpus": cfg.dit_num_cpus, "num_gpus": cfg.num_gpus},
+        **replicas("dit_replicas"),
+    ).bind(cfg.model, cfg.device, cfg.dtype, jobs)
+    sink = FrameSinkDeployment.options(**replicas("sink_replicas")).bind()
+    return Ingress.options(**replicas("ingress_replicas")).bind(
+        dit, sink, jobs, cfg.model, cfg.served_model_name, cfg.limits or None
+    )
+
+
+__all__ = ["AppArgs", "build_app", "parse_args"]

@@ -1,0 +1,180 @@
+"""The DiT deployment: one engine per replica (one per GPU), one denoise at a time.
+
+``generate`` is async on purpose. The denoise runs in a worker thread while the replica's event
+loop stays free to notice that the caller went away: Serve cancels the request's asyncio task,
+the method sets a flag that the engine checks after every step, waits for the denoise to stop,
+and only then frees the replica's slot. A result that finished denoising before the cancellation
+landed is returned anyway, so the sink can still store it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ray import serve
+
+from ray_dit.api import GenerationRequest, GenerationResult
+from ray_dit.config import ConfigError
+from ray_dit.serve import metrics
+from ray_dit.serve.errors import InvalidRequest, RequestCancelled, param_from_message
+from ray_dit.serve.types import ModelInfo
+
+logger = logging.getLogger("ray.serve")
+
+PROGRESS_INTERVAL_S = 0.25
+
+
+@serve.deployment(name="DiT", max_ongoing_requests=1, max_queued_requests=8, graceful_shutdown_timeout_s=60)
+class DiTDeployment:
+    """Holds one :class:`ray_dit.engine.Engine` (the only place diffusers is loaded)."""
+
+    def __init__(
+        self, model: str, device: str = "auto", dtype: str = "auto", jobs: Any | None = None
+    ) -> None:
+        from ray_dit.engine import Engine, EngineOptions  # torch/diffusers load only here
+
+        t0 = time.perf_counter()
+        self.engine = Engine(EngineOptions(model=model, device=device, dtype=dtype))
+        self.model = model
+        self._jobs = jobs
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="denoise")
+        defaults = self.engine.resolve(GenerationRequest(prompt="-"))
+        self.info = ModelInfo(
+            model=model,
+            kind=self.engine.kind,
+            width=defaults.width,
+            height=defaults.height,
+            steps=defaults.num_inference_steps,
+            num_frames=defaults.num_frames,
+            fps=defaults.fps,
+            size_multiple=self.engine.options.size_multiple,
+        )
+        logger.info(
+            "DiT replica ready: model=%s device=%s kind=%s in %.1fs",
+            model,
+            self.engine.device,
+            self.engine.kind,
+            time.perf_counter() - t0,
+        )
+
+    def describe(self) -> ModelInfo:
+        return self.info
+
+    def _validate(self, request: GenerationRequest) -> None:
+        """Engine-side checks before the request takes the denoise thread."""
+        try:
+            self.engine.resolve(request)
+            self.engine.settings_for(request)
+        except ConfigError as exc:
+            raise InvalidRequest("; ".join(exc.problems), "cache_dit_params") from None
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param_from_message(str(exc))) from None
+
+    async def generate(self, request: GenerationRequest, job_id: str | None = None) -> GenerationResult:
+        """Denoise one request; returns frames (through the object store) and stats."""
+        self._validate(request)
+        loop = asyncio.get_running_loop()
+        cancel = threading.Event()
+        progress = _ProgressReporter(self._jobs, job_id, loop, cancel) if job_id else None
+        on_step = progress.on_step if progress else None
+        if progress:
+            progress.start()
+        future = loop.run_in_executor(self._executor, self._run, request, on_step, cancel.is_set)
+        try:
+            result = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # The caller is gone: stop at the next step, and hold the slot until it has stopped.
+            cancel.set()
+            try:
+                result = await future
+            except BaseException:
+                metrics.cancelled_requests().inc()
+                logger.info("request %s cancelled by its caller; denoise stopped", request.request_id)
+                raise asyncio.CancelledError() from None
+            logger.info("request %s finished denoising before its cancellation: returned", request.request_id)
+        finally:
+            if progress:
+                await progress.stop()
+        self._observe(result)
+        return result
+
+    def _run(self, request: GenerationRequest, on_step: Any, should_cancel: Any) -> GenerationResult:
+        from ray_dit.engine import GenerationCancelled
+
+        try:
+            return self.engine.generate(request, on_step=on_step, should_cancel=should_cancel)
+        except GenerationCancelled as exc:
+            raise RequestCancelled(str(exc)) from None
+        except ConfigError as exc:
+            raise InvalidRequest("; ".join(exc.problems), "cache_dit_params") from None
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param_from_message(str(exc))) from None
+
+    def _observe(self, result: GenerationResult) -> None:
+        try:
+            metrics.denoise_seconds().observe(result.timings.get("denoise_s", 0.0))
+            total = result.cache.total_steps
+            if total:
+                metrics.steps_cached_ratio().observe(result.cache.cached_steps / total)
+        except Exception as exc:  # metrics must never fail a request
+            logger.warning("metrics: %s", exc)
+
+    def check_health(self) -> None:
+        if self.engine is None:
+            raise RuntimeError("engine not loaded")
+
+
+class _ProgressReporter:
+    """Pushes a video job's progress to the job store from the event loop, a few times a second.
+
+    The engine's step callback runs in the denoise thread; it only records the step. A task on
+    the replica's loop sends the latest value, and learns from the reply whether the job was
+    deleted meanwhile (which cancels the denoise).
+    """
+
+    def __init__(self, jobs: Any, job_id: str, loop: asyncio.AbstractEventLoop, cancel: threading.Event):
+        self.jobs = jobs
+        self.job_id = job_id
+        self.loop = loop
+        self.cancel = cancel
+        self.step = 0
+        self.total = 0
+        self._task: asyncio.Task | None = None
+        self._sent = -1
+
+    def on_step(self, step: int, total: int) -> None:
+        self.step, self.total = step, total
+
+    def start(self) -> None:
+        self._task = self.loop.create_task(self._loop())
+
+    async def _push(self) -> None:
+        if self.jobs is None or self.step == self._sent:
+            return
+        self._sent = self.step
+        percent = int(100 * self.step / self.total) if self.total else 0
+        alive = await self.jobs.progress.remote(self.job_id, min(percent, 99))
+        if alive is False:
+            self.cancel.set()
+
+    async def _loop(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            if self.jobs is not None:
+                alive = await self.jobs.progress.remote(self.job_id, 0)
+                if alive is False:
+                    self.cancel.set()
+            while True:
+                await asyncio.sleep(PROGRESS_INTERVAL_S)
+                await self._push()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task

@@ -1,0 +1,129 @@
+"""The frame sink deployment: a CPU pool wrapping :class:`ray_dit.sink.FrameSink`.
+
+The ingress calls ``store`` with the DiT's response as the argument, so Serve hands this replica
+the result's object reference and the frames travel DiT -> object store -> here, never through
+the ingress. Storing is shielded from cancellation: once frames have arrived they are encoded and
+spooled even if the client that asked for them has gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ray import serve
+
+from ray_dit.api import GenerationResult
+from ray_dit.config import storage_from_env
+from ray_dit.serve import metrics
+from ray_dit.serve.errors import InvalidRequest
+from ray_dit.serve.types import ResultMeta, StoreReply
+
+logger = logging.getLogger("ray.serve")
+
+STATS_INTERVAL_S = 5.0
+
+
+class StorageUnavailable(RuntimeError):
+    """Storage could not be reached to read an output back (answer 503, try later)."""
+
+
+@serve.deployment(
+    name="FrameSink",
+    max_ongoing_requests=16,
+    ray_actor_options={"num_cpus": 0.5, "num_gpus": 0},
+    graceful_shutdown_timeout_s=30,
+)
+class FrameSinkDeployment:
+    """Encode, spool and upload; also reads outputs back for ``/content`` routes."""
+
+    def __init__(self, threads: int = 4) -> None:
+        from ray_dit.sink import FrameSink
+
+        self.sink = FrameSink(storage_from_env())
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sink")
+        self._stats_task: asyncio.Task | None = None
+
+    async def _ensure_stats_loop(self) -> None:
+        if self._stats_task is None:
+            self._stats_task = asyncio.get_running_loop().create_task(self._stats_loop())
+
+    async def _stats_loop(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                self._record_stats(self.sink.stats())
+            await asyncio.sleep(STATS_INTERVAL_S)
+
+    @staticmethod
+    def _record_stats(stats: dict[str, Any]) -> None:
+        metrics.sink_queue_depth().set(float(stats.get("pending", 0) or 0))
+        metrics.sink_spool_bytes().set(float(stats.get("spool_bytes", 0) or 0))
+
+    async def _in_thread(self, fn: Any, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    async def store(
+        self,
+        result: GenerationResult,
+        output_format: str | None = None,
+        include_data: bool = False,
+        wait_url: bool = False,
+    ) -> StoreReply:
+        """Store every output of ``result``; optionally wait (bounded) for cloud URLs."""
+        await self._ensure_stats_loop()
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(
+            self._executor, lambda: self.sink.store(result, output_format, include_data=include_data)
+        )
+        try:
+            outputs = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # Frames that finished denoising are never dropped: finish spooling, then give up.
+            with contextlib.suppress(Exception):
+                await future
+            raise
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), "output_format") from None
+        stored_s = time.perf_counter() - started
+        if wait_url and self.sink.s3_enabled:
+            urls = await asyncio.gather(*(self._in_thread(self.sink.wait_url, out.key) for out in outputs))
+            for out, url in zip(outputs, urls, strict=True):
+                out.url = url
+        timings = {"store_s": stored_s, "sink_total_s": time.perf_counter() - started}
+        return StoreReply(outputs=outputs, meta=ResultMeta.of(result), timings=timings)
+
+    async def url_for(self, key: str, timeout: float = 0.0) -> str | None:
+        """The cloud URL of a stored key if it is uploaded (waits up to ``timeout``)."""
+        if timeout > 0:
+            return await self._in_thread(self.sink.wait_url, key, timeout)
+        return await self._in_thread(self.sink.url_for, key)
+
+    async def content(self, request_id: str, index: int = 0) -> tuple[bytes, str] | None:
+        try:
+            return await self._in_thread(self.sink.content, request_id, index)
+        except Exception:  # StorageError: S3 could not be asked
+            raise StorageUnavailable(f"output {request_id}_{index} is not readable right now") from None
+
+    def is_full(self) -> bool:
+        return self.sink.is_full()
+
+    def stats(self) -> dict[str, Any]:
+        stats = self.sink.stats()
+        self._record_stats(stats)
+        return stats
+
+    def check_health(self) -> None:
+        if getattr(self.sink, "_closed", False):
+            raise RuntimeError("frame sink is closed")
+
+    def __del__(self) -> None:
+        sink = getattr(self, "sink", None)
+        if sink is not None:
+            with contextlib.suppress(Exception):
+                sink.close()

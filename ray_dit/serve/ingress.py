@@ -1,0 +1,583 @@
+"""The ingress deployment: OpenAI-compatible HTTP routes plus a ``generate`` method for notebooks.
+
+It validates, authenticates and admits; it never touches pixels on the HTTP path. Each accepted
+request becomes a :class:`~ray_dit.serve.flow.Flow` (DiT -> sink). Everything a client can get
+wrong is answered with a 4xx in OpenAI's error shape; a full queue or spool is a 503 with
+Retry-After.
+"""
+
+
+import asyncio
+import base64
+import contextlib
+import hmac
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+from ray.serve.exceptions import BackPressureError, RequestCancelledError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ray_dit.serve import metrics
+from ray_dit.serve.errors import ApiError, InvalidRequest, RequestCancelled, error_body
+from ray_dit.serve.flow import Flow, detached
+from ray_dit.serve.schemas import (
+    ImageGenerationBody,
+    VideoCreateBody,
+    form_to_dict,
+    image_request,
+    parse_body,
+    video_request,
+)
+from ray_dit.serve.settings import ServerSettings, server_from_env
+from ray_dit.serve.types import GenerationOutput, ModelInfo, StoreReply
+
+logger = logging.getLogger("ray.serve")
+
+_ID_RE = re.compile(r"^[A-Za-z0-9-]{1,100}_[0-9a-f]{8,64}$")
+_IMAGE_ID_RE = re.compile(r"^(?P<rid>img_[0-9a-f]{8,64})_(?P<index>[0-9]{1,4})$")
+POLL_AFTER_MS = "500"
+SPOOL_CHECK_S = 0.5
+ADMIT_WAIT_S = 0.2
+MODEL_INFO_WAIT_S = 5.0
+ENGINE_PARAMS = {"width": "size", "height": "size", "output_format": "output_format"}
+
+
+class _RequestMetrics:
+    """ASGI middleware: counts answered requests by route template and status code."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = {"code": "500"}
+
+        async def send_wrapper(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = str(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except asyncio.CancelledError:
+            status["code"] = "499"  # client closed the request
+            raise
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            with contextlib.suppress(Exception):
+                metrics.requests_total().inc(tags={"endpoint": endpoint, "status": status["code"]})
+
+
+app = FastAPI(
+    title="ray_dit",
+    description="OpenAI-compatible image and video generation with DiT models on Ray Serve.",
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
+)
+app.add_middleware(_RequestMetrics)
+
+
+def _error_response(err: ApiError) -> JSONResponse:
+    if err.status in (401, 413, 503) or err.code in ("invalid_value", "invalid_json"):
+        with contextlib.suppress(Exception):
+            metrics.rejected_total().inc(tags={"reason": err.code or str(err.status)})
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+@app.exception_handler(ApiError)
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return _error_response(exc)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    err = exc.errors()[0] if exc.errors() else {}
+    loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
+    name = ".".join(loc) or "request"
+    return _error_response(
+        ApiError(
+            400, f"{name}: {err.get('msg', 'invalid')}", param=loc[0] if loc else None, code="invalid_value"
+        )
+    )
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code == 404:
+        message = f"unknown route: {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    else:
+        message = str(exc.detail)
+    return JSONResponse(error_body(exc.status_code, message), status_code=exc.status_code)
+
+
+@app.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("unexpected error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    return JSONResponse(error_body(500, "internal server error"), status_code=500)
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The user-level exception inside a RayTaskError (which Ray may chain)."""
+    seen = 0
+    while getattr(exc, "cause", None) is not None and seen < 5:
+        exc = exc.cause  # type: ignore[attr-defined]
+        seen += 1
+    return exc
+
+
+def _is(exc: BaseException, kind: type) -> bool:
+    return isinstance(exc, kind) or isinstance(_cause(exc), kind)
+
+
+@serve.deployment(
+    name="Ingress",
+    max_ongoing_requests=64,
+    ray_actor_options={"num_cpus": 0.1, "num_gpus": 0},
+    graceful_shutdown_timeout_s=30,
+)
+@serve.ingress(app)
+class Ingress:
+    """Routes, auth and admission; composes the DiT and frame sink deployments."""
+
+    def __init__(
+        self,
+        dit: Any,
+        sink: Any,
+        jobs: Any,
+        model: str,
+        served_model_name: str | None = None,
+        limits: dict[str, int] | None = None,
+    ) -> None:
+        self.dit = dit
+        self.sink = sink
+        self.jobs = jobs
+        self.model = model
+        self.model_names = {model, served_model_name or model}
+        self.served_model_name = served_model_name or model
+        self.settings: ServerSettings = server_from_env(limit_overrides=limits)
+        self.created = int(time.time())
+        self._info: ModelInfo | None = None
+        self._info_task: asyncio.Task | None = None
+        self._spool_full = False
+        self._spool_checked = 0.0
+        self._spool_task: asyncio.Task | None = None
+        self._jobs_running: set[asyncio.Task] = set()
+        logger.info("ingress ready: %r", self.settings)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _authorize(self, request: Request) -> None:
+        key = self.settings.api_key
+        if not key:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(
+                401,
+                "missing API key: send 'Authorization: Bearer <key>'",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if not hmac.compare_digest(token.strip().encode(), key.encode()):
+            raise ApiError(
+                401, "incorrect API key", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    async def _read_json(self, request: Request) -> Any:
+        body = await self._read_body(request)
+        try:
+            return json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"invalid JSON body: {exc}", code="invalid_json") from None
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.settings.limits.max_body_bytes
+        too_big = ApiError(
+            413,
+            f"request body is over the limit of {limit} bytes (RAY_DIT_MAX_BODY_BYTES)",
+            code="body_too_large",
+        )
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            raise too_big
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        request._body = body  # lets request.form() parse what was read here (Starlette's cache)
+        return body
+
+    def _check_model(self, model: str | None) -> None:
+        if model is not None and model not in self.model_names:
+            raise ApiError(
+                404,
+                f"model={model!r}: this server serves {self.served_model_name!r} (see GET /v1/models)",
+                param="model",
+                code="model_not_found",
+            )
+
+    async def _model_info(self) -> ModelInfo | None:
+        """The DiT's model facts, fetched once (the first request waits a little for them)."""
+        if self._info is not None:
+            return self._info
+        if self._info_task is None or self._info_task.done():
+            self._info_task = detached(self._fetch_info())
+        with contextlib.suppress(asyncio.TimeoutError, Exception):
+            await asyncio.wait_for(asyncio.shield(self._info_task), MODEL_INFO_WAIT_S)
+        return self._info
+
+    async def _fetch_info(self) -> None:
+        try:
+            self._info = await self.dit.describe.remote()
+        except Exception as exc:
+            logger.warning("could not read model info from the DiT yet: %s", type(exc).__name__)
+
+    def _admit(self) -> None:
+        """Refuse work while the sink's spool is full (checked in the background, never waited on)."""
+        now = time.monotonic()
+        if now - self._spool_checked > SPOOL_CHECK_S and (
+            self._spool_task is None or self._spool_task.done()
+        ):
+            self._spool_checked = now
+            self._spool_task = detached(self._check_spool())
+        if self._spool_full:
+            raise self._busy("the output spool is full; retry later", "spool_full")
+
+    async def _check_spool(self) -> None:
+        try:
+            self._spool_full = bool(await self.sink.is_full.remote())
+        except Exception:
+            self._spool_full = False
+
+    def _busy(self, message: str, code: str) -> ApiError:
+        return ApiError(503, message, code=code, headers={"Retry-After": str(self.settings.retry_after_s)})
+
+    def _translate(self, exc: BaseException, request_id: str) -> ApiError:
+        """Any failure of a flow as an ApiError (4xx for the caller's mistakes, 503 when busy)."""
+        if isinstance(exc, ApiError):
+            return exc
+        if _is(exc, BackPressureError):
+            return self._busy("the server is at capacity (queue full); retry later", "queue_full")
+        cause = _cause(exc)
+        if isinstance(cause, InvalidRequest) or isinstance(exc, InvalidRequest):
+            err = cause if isinstance(cause, InvalidRequest) else exc
+            param = ENGINE_PARAMS.get(err.param or "", err.param)  # type: ignore[union-attr]
+            return ApiError(400, err.message, param=param, code="invalid_value")  # type: ignore[union-attr]
+        if _is(exc, RequestCancelled) or _is(exc, RequestCancelledError):
+            return ApiError(499, "the request was cancelled", code="cancelled")
+        name = type(cause).__name__
+        if name in (
+            "StorageUnavailable",
+            "DeploymentUnavailableError",
+            "ActorDiedError",
+            "ActorUnavailableError",
+        ):
+            return self._busy(f"a backend is unavailable ({name}); retry later", "unavailable")
+        logger.error("request %s failed: %s: %s", request_id, name, str(cause)[:500])
+        return ApiError(500, f"generation failed ({name}); request id {request_id}", code="server_error")
+
+    def _base_url(self, request: Request) -> str:
+        return self.settings.public_base_url or str(request.base_url).rstrip("/")
+
+    async def _run(self, flow: Flow) -> StoreReply:
+        flow.start()
+        try:
+            return await flow.wait()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc, flow.request.request_id) from None
+
+    # -- images ----------------------------------------------------------------------------
+
+    @app.post("/v1/images/generations")
+    async def images_generations(self, request: Request) -> JSONResponse:
+        self._authorize(request)
+        body: ImageGenerationBody = parse_body(ImageGenerationBody, await self._read_json(request))
+        self._check_model(body.model)
+        info = await self._model_info()
+        request_id = f"img_{uuid.uuid4().hex}"
+        req = image_request(body, request_id, self.settings.limits, info)
+        self._admit()
+        b64 = body.response_format == "b64_json"
+        started = time.perf_counter()
+        flow = Flow(
+            self.dit, self.sink, req, output_format=req.output_format, include_data=b64, wait_url=not b64
+        )
+        reply = await self._run(flow)
+        base = self._base_url(request)
+        data = []
+        for out in reply.outputs:
+            if b64:
+                data.append({"b64_json": base64.b64encode(out.data or b"").decode("ascii")})
+            else:
+                data.append({"url": out.url or f"{base}/v1/images/{request_id}_{out.index}/content"})
+        meta = reply.meta
+        timings = {**meta.timings, **reply.timings, "request_s": time.perf_counter() - started}
+        return JSONResponse(
+            {
+                "created": int(time.time()),
+                "data": data,
+                "id": request_id,
+                "model": self.served_model_name,
+                "size": f"{meta.width}x{meta.height}",
+                "output_format": req.output_format,
+                "seed": meta.seed,
+                "steps": meta.steps,
+                "timings": timings,
+                "cache": meta.cache.as_dict(),
+            }
+        )
+
+    @app.get("/v1/images/{image_id}/content")
+    async def image_content(self, image_id: str, request: Request) -> Response:
+        self._authorize(request)
+        match = _IMAGE_ID_RE.match(image_id)
+        if not match:
+            raise ApiError(404, f"no image with id {image_id!r}", param="image_id", code="not_found")
+        return await self._content(match["rid"], int(match["index"]), f"image {image_id!r}")
+
+    async def _content(self, request_id: str, index: int, what: str) -> Response:
+        try:
+            found = await self.sink.content.remote(request_id, index)
+        except Exception as exc:
+            raise self._translate(exc, request_id) from None
+        if found is None:
+            raise ApiError(404, f"{what} is not stored here (or has expired)", code="not_found")
+        data, content_type = found
+        return Response(content=data, media_type=content_type)
+
+    # -- videos ----------------------------------------------------------------------------
+
+    async def _video_body(self, request: Request) -> VideoCreateBody:
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+            await self._read_body(request)
+            try:
+                form = await request.form()
+            except Exception:
+                raise ApiError(400, "invalid form body", code="invalid_json") from None
+            data = form_to_dict(list(form.multi_items()))
+        else:
+            data = await self._read_json(request)
+        return parse_body(VideoCreateBody, data)
+
+    @app.post("/v1/videos")
+    async def videos_create(self, request: Request) -> JSONResponse:
+        self._authorize(request)
+        body = await self._video_body(request)
+        self._check_model(body.model)
+        info = await self._model_info()
+        job_id = f"video_{uuid.uuid4().hex}"
+        req = video_request(body, job_id, self.settings.limits, info)
+        self._admit()
+        width = req.width or (info.width if info else None)
+        height = req.height or (info.height if info else None)
+        frames = req.num_frames or (info.num_frames if info else None)
+        fps = req.fps or (info.fps if info else None)
+        seconds = (
+            body.seconds if body.seconds is not None else (f"{frames / fps:g}" if frames and fps else "")
+        )
+        job = {
+            "id": job_id,
+            "object": "video",
+            "model": self.served_model_name,
+            "status": "queued",
+            "progress": 0,
+            "created_at": int(time.time()),
+            "prompt": body.prompt,
+            "seconds": str(seconds),
+            "size": f"{width}x{height}" if width and height else (body.size or ""),
+            "num_frames": frames,
+            "fps": fps,
+        }
+        await self.jobs.create.remote(job)
+        flow = Flow(self.dit, self.sink, req, output_format="mp4", job_id=job_id)
+        flow.start()
+        refused = await flow.admitted(ADMIT_WAIT_S)
+        if refused is not None and _is(refused, BackPressureError):
+            await self.jobs.delete.remote(job_id)
+            raise self._translate(refused, job_id)
+        task = detached(self._finish_job(flow, job_id))
+        self._jobs_running.add(task)
+        task.add_done_callback(self._jobs_running.discard)
+        return JSONResponse(job, headers={"openai-poll-after-ms": POLL_AFTER_MS})
+
+    async def _finish_job(self, flow: Flow, job_id: str) -> None:
+        assert flow.task is not None
+        try:
+            reply: StoreReply = await flow.task
+        except BaseException as exc:
+            err = self._translate(exc, job_id) if isinstance(exc, Exception) else None
+            fields = {
+                "status": "failed",
+                "completed_at": int(time.time()),
+                "error": {
+                    "code": (err.code if err else "cancelled") or "failed",
+                    "message": err.message if err else "cancelled",
+                },
+            }
+        else:
+            out = reply.outputs[0] if reply.outputs else None
+            fields = {
+                "status": "completed",
+                "completed_at": int(time.time()),
+                "url": out.url if out else None,
+                "key": out.key if out else None,
+                "seed": reply.meta.seed,
+                "steps": reply.meta.steps,
+                "timings": {**reply.meta.timings, **reply.timings},
+                "cache": reply.meta.cache.as_dict(),
+            }
+        with contextlib.suppress(Exception):
+            await self.jobs.finish.remote(job_id, fields)
+
+    async def _job(self, video_id: str) -> dict[str, Any]:
+        job = await self.jobs.get.remote(video_id) if _ID_RE.match(video_id) else None
+        if job is None:
+            raise ApiError(404, f"no video with id {video_id!r}", param="video_id", code="not_found")
+        return job
+
+    @app.get("/v1/videos/{video_id}")
+    async def videos_retrieve(self, video_id: str, request: Request) -> JSONResponse:
+        self._authorize(request)
+        job = await self._job(video_id)
+        return JSONResponse(job, headers={"openai-poll-after-ms": POLL_AFTER_MS})
+
+    @app.get("/v1/videos")
+    async def videos_list(
+        self, request: Request, limit: int = 20, after: str | None = None, order: str = "desc"
+    ) -> JSONResponse:
+        self._authorize(request)
+        if order not in ("asc", "desc"):
+            raise ApiError(400, f"order={order!r}: must be asc or desc", param="order", code="invalid_value")
+        jobs = await self.jobs.list.remote(limit + 1, after, order)
+        page = jobs[: max(1, min(100, limit))]
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": page,
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+                "has_more": len(jobs) > len(page),
+            }
+        )
+
+    @app.get("/v1/videos/{video_id}/content")
+    async def videos_content(self, video_id: str, request: Request, variant: str = "video") -> Response:
+        self._authorize(request)
+        if variant != "video":
+            raise ApiError(
+                400, f"variant={variant!r}: only 'video' is available", param="variant", code="invalid_value"
+            )
+        job = await self._job(video_id)
+        if job["status"] != "completed":
+            raise ApiError(
+                409,
+                f"video {video_id!r} is {job['status']}, not completed",
+                param="video_id",
+                code="video_not_ready",
+            )
+        return await self._content(video_id, 0, f"video {video_id!r}")
+
+    @app.delete("/v1/videos/{video_id}")
+    async def videos_delete(self, video_id: str, request: Request) -> JSONResponse:
+        self._authorize(request)
+        job = await self.jobs.delete.remote(video_id) if _ID_RE.match(video_id) else None
+        if job is None:
+            raise ApiError(404, f"no video with id {video_id!r}", param="video_id", code="not_found")
+        return JSONResponse({"id": video_id, "object": "video.deleted", "deleted": True})
+
+    # -- models and health -----------------------------------------------------------------
+
+    def _model_object(self) -> dict[str, Any]:
+        return {
+            "id": self.served_model_name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "ray_dit",
+        }
+
+    @app.get("/v1/models")
+    async def models(self, request: Request) -> JSONResponse:
+        self._authorize(request)
+        return JSONResponse({"object": "list", "data": [self._model_object()]})
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(self, model_id: str, request: Request) -> JSONResponse:
+        self._authorize(request)
+        self._check_model(model_id)
+        return JSONResponse(self._model_object())
+
+    @app.get("/health")
+    async def health(self) -> JSONResponse:
+        return JSONResponse({"status": "ok", "model": self.served_model_name})
+
+    # -- notebook --------------------------------------------------------------------------
+
+    async def generate(self, prompt: str, **params: Any) -> GenerationOutput:
+        """Handle API: ``handle.generate.remote(prompt=..., size="128x128", ...).result()``.
+
+        Takes the HTTP body's fields (images: n, size, output_format, ...; videos: seconds,
+        num_frames, fps, ...). Bad input raises ValueError (InvalidRequest) naming the field; a
+        full queue raises ApiError with status 503.
+        """
+        info = await self._model_info()
+        kind = info.kind if info else "image"
+        params = {"prompt": prompt, **params}
+        params.pop("response_format", None)
+        try:
+            if kind == "video":
+                body = parse_body(VideoCreateBody, params)
+                request_id = f"video_{uuid.uuid4().hex}"
+                req = video_request(body, request_id, self.settings.limits, info)
+            else:
+                body = parse_body(ImageGenerationBody, params)
+                request_id = f"img_{uuid.uuid4().hex}"
+                req = image_request(body, request_id, self.settings.limits, info)
+            self._check_model(body.model)
+            self._admit()
+        except ApiError as err:
+            if err.status < 500:
+                raise InvalidRequest(err.message, err.param) from None
+            raise
+        flow = Flow(self.dit, self.sink, req, output_format=req.output_format, wait_url=True)
+        try:
+            reply = await self._run(flow)
+        except ApiError as err:
+            if err.status == 400:
+                raise InvalidRequest(err.message, err.param) from None
+            raise
+        meta = reply.meta
+        return GenerationOutput(
+            id=request_id,
+            kind=meta.kind,
+            seed=meta.seed,
+            steps=meta.steps,
+            width=meta.width,
+            height=meta.height,
+            fps=meta.fps,
+            timings={**meta.timings, **reply.timings},
+            cache=meta.cache,
+            urls=[out.url for out in reply.outputs],
+            keys=[out.key for out in reply.outputs],
+            _frames_ref=flow.frames_ref,
+        )

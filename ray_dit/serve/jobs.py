@@ -1,0 +1,87 @@
+"""Video job state, shared by every ingress replica.
+
+A job is accepted by one ingress replica but may be polled through any other, so its state lives
+in this small single-replica deployment (a named actor that Serve health-checks and removes with
+the app), not in an ingress's memory. State is in memory: a restart of this replica forgets the
+jobs (their outputs stay in the spool/S3 under their keys).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Any
+
+from ray import serve
+
+TERMINAL = ("completed", "failed")
+
+
+@serve.deployment(
+    name="VideoJobs",
+    num_replicas=1,
+    max_ongoing_requests=256,
+    ray_actor_options={"num_cpus": 0, "num_gpus": 0},
+)
+class VideoJobs:
+    """Jobs by id, oldest first; finished ones beyond ``max_jobs`` are forgotten."""
+
+    def __init__(self, max_jobs: int = 10_000) -> None:
+        self.max_jobs = max_jobs
+        self._jobs: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def create(self, job: dict[str, Any]) -> dict[str, Any]:
+        job = dict(job)
+        job.setdefault("status", "queued")
+        job.setdefault("progress", 0)
+        job.setdefault("created_at", int(time.time()))
+        self._jobs[job["id"]] = job
+        self._evict()
+        return dict(job)
+
+    def _evict(self) -> None:
+        if len(self._jobs) <= self.max_jobs:
+            return
+        for job_id in [j for j, v in self._jobs.items() if v["status"] in TERMINAL]:
+            if len(self._jobs) <= self.max_jobs:
+                break
+            del self._jobs[job_id]
+
+    def progress(self, job_id: str, percent: int) -> bool:
+        """Record progress; False tells the DiT replica the job is gone (stop denoising)."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return False
+        if job["status"] in TERMINAL:
+            return True
+        job["status"] = "in_progress"
+        job["progress"] = max(int(job.get("progress", 0)), max(0, min(99, int(percent))))
+        return True
+
+    def finish(self, job_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+        """Mark completed or failed (``fields`` has ``status``); None if the job was deleted."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return None
+        job.update(fields)
+        job.setdefault("completed_at", int(time.time()))
+        if job["status"] == "completed":
+            job["progress"] = 100
+        return dict(job)
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        job = self._jobs.get(job_id)
+        return None if job is None else dict(job)
+
+    def delete(self, job_id: str) -> dict[str, Any] | None:
+        """Forget a job; a running one is cancelled at its next progress report."""
+        return self._jobs.pop(job_id, None)
+
+    def list(self, limit: int = 20, after: str | None = None, order: str = "desc") -> list[dict[str, Any]]:
+        jobs = list(self._jobs.values())
+        if order == "desc":
+            jobs.reverse()
+        if after is not None:
+            ids = [j["id"] for j in jobs]
+            jobs = jobs[ids.index(after) + 1 :] if after in ids else []
+        return [dict(j) for j in jobs[: max(1, min(100, limit))]]

@@ -1,0 +1,286 @@
+"""Pydantic models of the HTTP bodies, and their translation into a ``GenerationRequest``.
+
+Field names follow OpenAI's Images and Videos APIs so the official clients work unmodified; the
+extras (steps, guidance, seed, cache overrides) are ray_dit's and travel in ``extra_body``.
+OpenAI parameters that have no meaning for a DiT (quality, style, user, ...) are accepted and
+ignored; anything else unknown is refused by name, as OpenAI itself does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ray_dit.api import GenerationRequest, parse_size
+from ray_dit.config import CacheDitSettings, ConfigError
+from ray_dit.serve.errors import ApiError
+from ray_dit.serve.settings import ServeLimits
+from ray_dit.serve.types import ModelInfo
+
+MAX_SEED = 2**63 - 1 - 1024
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class _SamplingExtras(_Body):
+    """ray_dit's extras shared by images and videos (SGLang's names)."""
+
+    negative_prompt: str | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    true_cfg_scale: float | None = None
+    seed: int | None = None
+    enable_cache_dit: bool | None = None
+    cache_dit_params: dict[str, Any] | None = None
+
+
+class ImageGenerationBody(_SamplingExtras):
+    """``POST /v1/images/generations``."""
+
+    prompt: str
+    model: str | None = None
+    n: int | None = None
+    size: str | None = None
+    response_format: Literal["url", "b64_json"] | None = None
+    output_format: Literal["png", "jpeg", "webp"] | None = None
+    # OpenAI parameters accepted for compatibility and ignored.
+    quality: str | None = None
+    style: str | None = None
+    user: str | None = None
+    background: Literal["auto", "opaque"] | None = None
+    moderation: str | None = None
+    output_compression: int | None = None
+    safety_identifier: str | None = None
+    stream: Literal[False] | None = None
+    partial_images: Literal[0] | None = None
+
+
+class VideoCreateBody(_SamplingExtras):
+    """``POST /v1/videos`` (JSON or the multipart form the openai SDK sends)."""
+
+    prompt: str
+    model: str | None = None
+    seconds: str | int | float | None = None
+    size: str | None = None
+    num_frames: int | None = None
+    fps: int | None = None
+    output_format: Literal["mp4"] | None = None
+    input_reference: None = None
+
+
+class ImageData(BaseModel):
+    url: str | None = None
+    b64_json: str | None = None
+    revised_prompt: str | None = None
+
+
+class ImagesResponse(BaseModel):
+    """OpenAI's ImagesResponse plus ray_dit's extras (id, seed, steps, timings, cache)."""
+
+    created: int
+    data: list[ImageData]
+    id: str
+    model: str
+    size: str
+    output_format: str
+    seed: int
+    steps: int
+    timings: dict[str, float]
+    cache: dict[str, Any]
+
+
+def validation_error(exc: ValidationError) -> ApiError:
+    """The first pydantic error as a 400 that names the field (OpenAI's ``param``)."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err.get("loc", ())]
+    name = ".".join(loc) or "body"
+    kind = err.get("type", "")
+    if kind == "missing":
+        message = f"{name}: this field is required"
+    elif kind == "extra_forbidden":
+        message = f"{name}: unknown parameter"
+    else:
+        shown = repr(err.get("input"))
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        message = f"{name}={shown}: {err.get('msg', 'invalid value')}"
+    return ApiError(400, message, param=loc[0] if loc else None, code="invalid_value")
+
+
+def parse_body(model: type[_Body], data: Any) -> Any:
+    if not isinstance(data, dict):
+        raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def _bad(param: str, message: str) -> ApiError:
+    return ApiError(400, message, param=param, code="invalid_value")
+
+
+def _check_text(name: str, value: str | None, limits: ServeLimits, required: bool) -> None:
+    if value is None:
+        return
+    if required and not value.strip():
+        raise _bad(name, f"{name}: must not be empty")
+    if len(value) > limits.max_prompt_chars:
+        raise _bad(
+            name,
+            f"{name}: {len(value)} characters is over the limit of {limits.max_prompt_chars} "
+            "(RAY_DIT_MAX_PROMPT_CHARS)",
+        )
+
+
+def _check_size(
+    size: str | None, limits: ServeLimits, info: ModelInfo | None
+) -> tuple[int | None, int | None]:
+    if size is None or size.strip().lower() == "auto":
+        return None, None
+    try:
+        width, height = parse_size(size)
+    except ValueError as exc:
+        raise _bad("size", str(exc)) from None
+    if width * height > limits.max_pixels:
+        raise _bad(
+            "size",
+            f"size={size!r}: {width * height} pixels is over the limit of {limits.max_pixels} "
+            "(RAY_DIT_MAX_PIXELS)",
+        )
+    multiple = info.size_multiple if info else 0
+    if multiple and (width % multiple or height % multiple):
+        raise _bad("size", f"size={size!r}: width and height must be multiples of {multiple}")
+    return width, height
+
+
+def _check_common(body: _SamplingExtras, limits: ServeLimits) -> None:
+    steps = body.num_inference_steps
+    if steps is not None and not 1 <= steps <= limits.max_steps:
+        raise _bad(
+            "num_inference_steps",
+            f"num_inference_steps={steps}: must be between 1 and {limits.max_steps} (RAY_DIT_MAX_STEPS)",
+        )
+    for name in ("guidance_scale", "true_cfg_scale"):
+        value = getattr(body, name)
+        if value is not None and (not math.isfinite(value) or value < 0):
+            raise _bad(name, f"{name}={value}: must be a finite number >= 0")
+    if body.seed is not None and not 0 <= body.seed <= MAX_SEED:
+        raise _bad("seed", f"seed={body.seed}: must be between 0 and {MAX_SEED}")
+    _check_text("negative_prompt", body.negative_prompt, limits, required=False)
+    try:
+        CacheDitSettings().with_overrides(body.enable_cache_dit, body.cache_dit_params)
+    except ConfigError as exc:
+        param = "enable_cache_dit" if any(p.startswith("enable_cache_dit") for p in exc.problems) else None
+        raise _bad(param or "cache_dit_params", "; ".join(exc.problems)) from None
+
+
+def _common_kwargs(body: _SamplingExtras) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "negative_prompt": body.negative_prompt,
+        "num_inference_steps": body.num_inference_steps,
+        "guidance_scale": body.guidance_scale,
+        "true_cfg_scale": body.true_cfg_scale,
+        "enable_cache_dit": body.enable_cache_dit,
+        "cache_dit_params": body.cache_dit_params,
+    }
+    if body.seed is not None:
+        kwargs["seed"] = body.seed
+    return kwargs
+
+
+def image_request(
+    body: ImageGenerationBody, request_id: str, limits: ServeLimits, info: ModelInfo | None
+) -> GenerationRequest:
+    """Check an image body against the limits and turn it into the engine's request."""
+    _check_text("prompt", body.prompt, limits, required=True)
+    n = 1 if body.n is None else body.n
+    if not 1 <= n <= limits.max_n:
+        raise _bad("n", f"n={n}: must be between 1 and {limits.max_n} (RAY_DIT_MAX_N)")
+    if info is not None and info.kind != "image":
+        raise _bad("model", f"model {info.model!r} generates videos: use POST /v1/videos")
+    width, height = _check_size(body.size, limits, info)
+    _check_common(body, limits)
+    return GenerationRequest(
+        prompt=body.prompt,
+        n=n,
+        width=width,
+        height=height,
+        output_format=body.output_format or "png",
+        request_id=request_id,
+        **_common_kwargs(body),
+    )
+
+
+def _frames_for_seconds(seconds: Any, fps: int) -> int:
+    try:
+        value = float(str(seconds).strip())
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise _bad("seconds", f"seconds={seconds!r}: must be a positive number")
+    frames = max(1, round(value * fps))
+    return 4 * round((frames - 1) / 4) + 1  # video DiTs take 4k+1 frames
+
+
+def video_request(
+    body: VideoCreateBody, request_id: str, limits: ServeLimits, info: ModelInfo | None
+) -> GenerationRequest:
+    """Check a video body against the limits and turn it into the engine's request."""
+    _check_text("prompt", body.prompt, limits, required=True)
+    if info is not None and info.kind != "video":
+        raise _bad("model", f"model {info.model!r} generates images: use POST /v1/images/generations")
+    width, height = _check_size(body.size, limits, info)
+    if body.fps is not None and not 1 <= body.fps <= 120:
+        raise _bad("fps", f"fps={body.fps}: must be between 1 and 120")
+    fps = body.fps or (info.fps if info and info.fps else 16)
+    frames = body.num_frames
+    if frames is None and body.seconds is not None:
+        frames = _frames_for_seconds(body.seconds, fps)
+    if frames is not None and not 1 <= frames <= limits.max_frames:
+        raise _bad(
+            "num_frames" if body.num_frames is not None else "seconds",
+            f"num_frames={frames}: must be between 1 and {limits.max_frames} (RAY_DIT_MAX_FRAMES)",
+        )
+    if frames is not None and (frames - 1) % 4:
+        raise _bad("num_frames", f"num_frames={frames}: must be 4k+1 (1, 5, 9, 13, ...)")
+    _check_common(body, limits)
+    return GenerationRequest(
+        prompt=body.prompt,
+        n=1,
+        width=width,
+        height=height,
+        num_frames=frames,
+        fps=body.fps or (info.fps if info else None),
+        output_format="mp4",
+        request_id=request_id,
+        **_common_kwargs(body),
+    )
+
+
+def form_to_dict(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A multipart form as the openai SDK flattens it (``a[b]=1``, ``a[]=1``) back into JSON."""
+    data: dict[str, Any] = {}
+    for key, value in items:
+        if hasattr(value, "filename"):  # an uploaded file: only input_reference is a file field
+            data[key.split("[", 1)[0]] = "<file>"
+            continue
+        parts = key.replace("]", "").split("[")
+        node: Any = data
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            nxt_is_list = not last and parts[i + 1] == ""
+            if last:
+                if isinstance(node, list):
+                    node.append(value)
+                else:
+                    node[part] = value
+            elif isinstance(node, dict):
+                node = node.setdefault(part, [] if nxt_is_list else {})
+            else:
+                break
+    return data

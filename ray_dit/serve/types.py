@@ -1,0 +1,115 @@
+"""Plain data that travels between the deployments and back to a notebook.
+
+Dataclasses pickle cheaply through Ray. Only :class:`GenerationOutput` keeps a reference to the
+frames (an ``ObjectRef``), so pixels reach a notebook without ever being copied into the ingress.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray_dit.api import CacheStats, GenerationResult, StoredOutput
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the ingress needs to know about the loaded model to validate requests early."""
+
+    model: str
+    kind: str
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    num_frames: int | None = None
+    fps: int | None = None
+    size_multiple: int = 16
+
+
+@dataclass
+class ResultMeta:
+    """A :class:`GenerationResult` without its frames: what the ingress reports."""
+
+    request_id: str
+    kind: str
+    seed: int
+    steps: int
+    width: int
+    height: int
+    num_frames: int
+    count: int
+    fps: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    cache: CacheStats = field(default_factory=CacheStats)
+
+    @classmethod
+    def of(cls, result: GenerationResult) -> ResultMeta:
+        return cls(
+            request_id=result.request_id,
+            kind=result.kind,
+            seed=result.seed,
+            steps=result.steps,
+            width=result.width,
+            height=result.height,
+            num_frames=result.num_frames,
+            count=int(result.frames.shape[0]),
+            fps=result.fps,
+            timings=dict(result.timings),
+            cache=result.cache,
+        )
+
+
+@dataclass
+class StoreReply:
+    """The frame sink's answer: where each output went, plus the result's facts."""
+
+    outputs: list[StoredOutput]
+    meta: ResultMeta
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class GenerationOutput:
+    """What ``handle.generate.remote(...).result()`` returns in a notebook.
+
+    ``images`` (PIL) and ``frames`` (uint8 ``[n, frames, H, W, 3]``) are fetched from the object
+    store on first use; ``urls`` are the cloud URLs when storage is on (None otherwise).
+    """
+
+    id: str
+    kind: str
+    seed: int
+    steps: int
+    width: int
+    height: int
+    timings: dict[str, float]
+    cache: CacheStats
+    urls: list[str | None]
+    keys: list[str]
+    fps: int | None = None
+    _frames_ref: Any = field(default=None, repr=False)
+    _frames: Any = field(default=None, repr=False)
+
+    @property
+    def frames(self) -> Any:
+        if self._frames is None and self._frames_ref is not None:
+            import ray
+
+            self._frames = ray.get(self._frames_ref).frames
+        return self._frames
+
+    @property
+    def images(self) -> list[Any]:
+        """The first frame of every output as a PIL image (every output, for images)."""
+        from PIL import Image
+
+        frames = self.frames
+        return [] if frames is None else [Image.fromarray(output[0]) for output in frames]
+
+    @property
+    def videos(self) -> list[list[Any]]:
+        """Every output as a list of PIL frames (videos)."""
+        from PIL import Image
+
+        frames = self.frames
+        return [] if frames is None else [[Image.fromarray(f) for f in output] for output in frames]
