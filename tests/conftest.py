@@ -1,0 +1,65 @@
+"""Shared fixtures. The Ray cluster is started once per session, and only if a test asks for it."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+RAY_ENV = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class RayServe:
+    port: int
+    url: str
+    spool_dir: Path
+
+
+@pytest.fixture(scope="session")
+def ray_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayServe]:
+    """A local Ray cluster (8 logical CPUs, no dashboard) with Serve's HTTP proxy on a free port."""
+    saved = {k: os.environ.get(k) for k in RAY_ENV}
+    os.environ.update(RAY_ENV)
+    import ray
+    from ray import serve
+
+    spool = tmp_path_factory.mktemp("serve_spool")
+    ray.init(
+        address="local",
+        num_cpus=8,
+        include_dashboard=False,
+        object_store_memory=256 * 1024**2,
+        runtime_env={"env_vars": {"RAY_DIT_SPOOL_DIR": str(spool), **RAY_ENV}},
+        log_to_driver=False,
+    )
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        yield RayServe(port=port, url=f"http://127.0.0.1:{port}", spool_dir=spool)
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value

@@ -1,0 +1,222 @@
+"""The image app on real local Ray: OpenAI client, handle calls, bad input, backpressure, disconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import time
+
+import httpx
+import pytest
+from PIL import Image
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+APP = "images"
+PREFIX = "/img"
+
+
+@pytest.fixture(scope="module")
+def app(ray_serve):
+    from ray import serve
+
+    from ray_dit.serve import build_app
+
+    handle = serve.run(
+        build_app({"model": "demo:flux-tiny", "device": "cpu", "max_queued_requests": 2}),
+        name=APP,
+        route_prefix=PREFIX,
+    )
+    try:
+        yield handle, ray_serve.url + PREFIX
+    finally:
+        serve.delete(APP)
+
+
+@pytest.fixture(scope="module")
+def http(app):
+    with httpx.Client(base_url=app[1], timeout=60) as client:
+        yield client
+
+
+def _png(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    assert image.format == "PNG"
+    return image
+
+
+def test_openai_client_b64_json_and_url(app, http):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=app[1] + "/v1", api_key="unused", max_retries=0)
+    resp = client.images.generate(
+        prompt="a red square on a blue background",
+        size="64x64",
+        n=2,
+        response_format="b64_json",
+        extra_body={"num_inference_steps": 4, "seed": 7},
+    )
+    assert len(resp.data) == 2
+    images = [_png(base64.b64decode(item.b64_json)) for item in resp.data]
+    assert all(image.size == (64, 64) for image in images)
+    extras = resp.model_extra or {}
+    assert extras["steps"] == 4 and extras["seed"] == 7
+    assert extras["timings"]["denoise_s"] > 0
+    assert extras["cache"]["total_steps"] == 4
+
+    resp = client.images.generate(prompt="a green circle", response_format="url")
+    url = resp.data[0].url
+    assert url.startswith(app[1] + "/v1/images/") and url.endswith("/content")
+    fetched = http.get(url)
+    assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/png"
+    assert _png(fetched.content).size == (128, 128)  # the demo model's default size
+
+
+def test_cache_overrides_and_formats(http):
+    body = {
+        "prompt": "x",
+        "size": "64x64",
+        "num_inference_steps": 8,
+        "output_format": "jpeg",
+        "response_format": "b64_json",
+        "enable_cache_dit": True,
+        "cache_dit_params": {"residual_diff_threshold": 1.0, "max_warmup_steps": 2},
+    }
+    resp = http.post("/v1/images/generations", json=body)
+    assert resp.status_code == 200, resp.text
+    data = resp.json()
+    assert data["cache"]["enabled"] is True and data["cache"]["total_steps"] == 8
+    assert data["output_format"] == "jpeg"
+    assert Image.open(io.BytesIO(base64.b64decode(data["data"][0]["b64_json"]))).format == "JPEG"
+
+
+def test_handle_returns_images_and_stats(app):
+    from ray import serve
+
+    handle = serve.get_app_handle(APP)
+    out = handle.generate.remote(prompt="blue circle", size="64x64", n=2, num_inference_steps=3).result()
+    assert out.kind == "image" and len(out.images) == 2
+    assert out.images[0].size == (64, 64)
+    assert out.frames.shape == (2, 1, 64, 64, 3)
+    assert out.steps == 3 and out.cache.total_steps == 3
+    assert out.timings["denoise_s"] > 0 and "store_s" in out.timings
+    assert out.urls == [None, None]  # storage is local: no cloud URLs
+    assert len(out.keys) == 2 and out.keys[0].endswith("_0.png")
+    with pytest.raises(ValueError, match="size"):
+        app[0].generate.remote(prompt="x", size="100").result()
+
+
+BAD_INPUTS = [
+    ({"prompt": "x", "size": "big"}, "size"),
+    ({"prompt": "x", "size": "100x"}, "size"),
+    ({"prompt": "x", "size": "8192x8192"}, "size"),
+    ({"prompt": "x", "size": "100x100"}, "size"),
+    ({"prompt": "x", "num_inference_steps": 0}, "num_inference_steps"),
+    ({"prompt": "x", "num_inference_steps": 10**6}, "num_inference_steps"),
+    ({"prompt": "x", "num_inference_steps": "many"}, "num_inference_steps"),
+    ({"prompt": "x", "n": 50}, "n"),
+    ({"prompt": "x", "n": 0}, "n"),
+    ({"prompt": "x", "cache_dit_params": {"nope": 1}}, "cache_dit_params"),
+    ({"prompt": "x", "cache_dit_params": {"residual_diff_threshold": -1}}, "cache_dit_params"),
+    ({"prompt": "x", "enable_cache_dit": "maybe"}, "enable_cache_dit"),
+    ({"size": "64x64"}, "prompt"),
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": "x" * 5000}, "prompt"),
+    ({"prompt": "x", "response_format": "png"}, "response_format"),
+    ({"prompt": "x", "output_format": "gif"}, "output_format"),
+    ({"prompt": "x", "guidance_scale": -1}, "guidance_scale"),
+    ({"prompt": "x", "seed": -5}, "seed"),
+    ({"prompt": "x", "frobnicate": 1}, "frobnicate"),
+    ({"prompt": "x", "stream": True}, "stream"),
+]
+
+
+@pytest.mark.parametrize(("body", "param"), BAD_INPUTS, ids=[p for _, p in BAD_INPUTS])
+def test_bad_input_is_4xx_naming_the_field(http, body, param):
+    resp = http.post("/v1/images/generations", json=body)
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["param"] == param
+    assert param in error["message"]
+    assert error["type"] == "invalid_request_error"
+    assert "Traceback" not in resp.text
+
+
+def test_malformed_requests(http):
+    resp = http.post(
+        "/v1/images/generations", content=b'{"prompt": ', headers={"content-type": "application/json"}
+    )
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_json"
+    resp = http.post("/v1/images/generations", json=["not", "an", "object"])
+    assert resp.status_code == 400
+    resp = http.post("/v1/images/generations", content=b"x" * (1024 * 1024 + 1))
+    assert resp.status_code == 413 and "RAY_DIT_MAX_BODY_BYTES" in resp.json()["error"]["message"]
+    resp = http.post("/v1/images/generations", json={"prompt": "x", "model": "dall-e-3"})
+    assert resp.status_code == 404 and resp.json()["error"]["param"] == "model"
+    resp = http.get("/v1/images/img_0123456789abcdef_0/content")
+    assert resp.status_code == 404
+    resp = http.get("/v1/images/../../etc/passwd/content")
+    assert resp.status_code == 404
+    resp = http.get("/v1/nothing")
+    assert resp.status_code == 404 and "error" in resp.json()
+    resp = http.post("/v1/videos", json={"prompt": "x"})  # an image model
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "model"
+
+
+def test_models_and_health(http):
+    models = http.get("/v1/models").json()
+    assert models["object"] == "list" and models["data"][0]["id"] == "demo:flux-tiny"
+    assert http.get("/v1/models/demo:flux-tiny").status_code == 200
+    assert http.get("/health").json()["status"] == "ok"
+
+
+def test_full_queue_gives_503_and_the_rest_succeed(app):
+    """max_ongoing 1 + max_queued 2: a burst of 10 slow requests gets some 503s, no hangs."""
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=app[1], timeout=120) as client:
+            body = {"prompt": "x", "num_inference_steps": 40, "response_format": "b64_json"}
+            return await asyncio.gather(
+                *(client.post("/v1/images/generations", json=body) for _ in range(10))
+            )
+
+    started = time.monotonic()
+    responses = asyncio.run(burst())
+    elapsed = time.monotonic() - started
+    codes = sorted(r.status_code for r in responses)
+    assert set(codes) <= {200, 503}, codes
+    assert codes.count(503) >= 1 and codes.count(200) >= 1, codes
+    for resp in responses:
+        if resp.status_code == 503:
+            assert int(resp.headers["retry-after"]) >= 1
+            assert resp.json()["error"]["code"] == "queue_full"
+        else:
+            assert len(resp.json()["data"]) == 1
+    assert elapsed < 90
+
+
+def test_client_disconnect_stops_the_denoise(app, http):
+    """A client that goes away frees the DiT replica at the next step, not after 200 steps."""
+    slow = {"prompt": "x", "size": "512x512", "num_inference_steps": 200, "response_format": "b64_json"}
+    probe = {"prompt": "x", "size": "64x64", "num_inference_steps": 2, "response_format": "b64_json"}
+
+    def timed(steps: int) -> float:
+        started = time.monotonic()
+        assert (
+            http.post("/v1/images/generations", json={**slow, "num_inference_steps": steps}).status_code
+            == 200
+        )
+        return time.monotonic() - started
+
+    per_step = max((timed(12) - timed(4)) / 8, 0.005)
+    with pytest.raises(httpx.ReadTimeout):
+        http.post("/v1/images/generations", json=slow, timeout=1.0)
+    started = time.monotonic()
+    resp = http.post("/v1/images/generations", json=probe)
+    waited = time.monotonic() - started
+    assert resp.status_code == 200
+    full = per_step * 200
+    assert full > 4, f"the slow request is too fast to tell ({full:.1f}s)"
+    print(f"per_step={per_step:.3f}s full~{full:.1f}s probe waited {waited:.2f}s")
+    assert waited < full / 3, f"waited {waited:.1f}s; the full denoise takes ~{full:.1f}s"

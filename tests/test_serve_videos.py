@@ -1,0 +1,111 @@
+"""The video app: the openai SDK's videos API end to end, with job state shared by two ingresses."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+APP = "videos"
+PREFIX = "/vid"
+
+
+@pytest.fixture(scope="module")
+def base_url(ray_serve):
+    from ray import serve
+
+    from ray_dit.serve import build_app
+
+    serve.run(
+        build_app({"model": "demo:wan-tiny", "device": "cpu", "ingress_replicas": 2}),
+        name=APP,
+        route_prefix=PREFIX,
+    )
+    try:
+        yield ray_serve.url + PREFIX
+    finally:
+        serve.delete(APP)
+
+
+def test_openai_videos_api(base_url):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0)
+    job = client.videos.create(prompt="a cat on a skateboard", size="64x64", seconds="1")
+    assert job.id.startswith("video_") and job.status in ("queued", "in_progress")
+    assert job.size == "64x64" and job.object == "video"
+    done = client.videos.poll(job.id, poll_interval_ms=100)
+    assert done.status == "completed", done.error
+    assert done.progress == 100
+    extras = done.model_extra or {}
+    assert extras["steps"] > 0 and "denoise_s" in extras["timings"]
+    content = client.videos.download_content(job.id)
+    data = content.read()
+    assert data[4:8] == b"ftyp"  # an MP4 container
+    listed = client.videos.list()
+    assert job.id in [v.id for v in listed.data]
+    deleted = client.videos.delete(job.id)
+    assert deleted.deleted is True and deleted.id == job.id
+
+
+def test_job_status_is_shared_by_every_ingress_replica(base_url):
+    """Two ingress replicas: polls land on either, and every poll sees the job."""
+    with httpx.Client(base_url=base_url, timeout=30) as http:
+        resp = http.post("/v1/videos", json={"prompt": "x", "num_frames": 5, "num_inference_steps": 30})
+        assert resp.status_code == 200, resp.text
+        job_id = resp.json()["id"]
+        seen: set[str] = set()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            polled = http.get(f"/v1/videos/{job_id}", headers={"connection": "close"})
+            assert polled.status_code == 200, polled.text
+            seen.add(polled.json()["status"])
+            if polled.json()["status"] == "completed":
+                break
+            time.sleep(0.05)
+        assert "completed" in seen
+        assert http.get(f"/v1/videos/{job_id}/content").headers["content-type"] == "video/mp4"
+
+
+def test_video_bad_inputs(base_url):
+    with httpx.Client(base_url=base_url, timeout=30) as http:
+        cases = [
+            ({"prompt": "x", "num_frames": 6}, "num_frames"),
+            ({"prompt": "x", "num_frames": 1000}, "num_frames"),
+            ({"prompt": "x", "seconds": "forever"}, "seconds"),
+            ({"prompt": "x", "seconds": "600"}, "seconds"),
+            ({"prompt": "x", "size": "64"}, "size"),
+            ({"prompt": "x", "output_format": "gif"}, "output_format"),
+            ({"seconds": "4"}, "prompt"),
+        ]
+        for body, param in cases:
+            resp = http.post("/v1/videos", json=body)
+            assert resp.status_code == 400, (body, resp.text)
+            assert resp.json()["error"]["param"] == param, (body, resp.text)
+        assert http.get("/v1/videos/video_0123456789abcdef").status_code == 404
+        assert http.delete("/v1/videos/video_0123456789abcdef").status_code == 404
+        resp = http.post("/v1/images/generations", json={"prompt": "x"})  # a video model
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == "model"
+
+
+def test_deleting_a_running_job_cancels_it(base_url):
+    with httpx.Client(base_url=base_url, timeout=30) as http:
+        resp = http.post("/v1/videos", json={"prompt": "x", "num_frames": 33, "num_inference_steps": 200})
+        job_id = resp.json()["id"]
+        deadline = time.monotonic() + 30
+        while http.get(f"/v1/videos/{job_id}").json()["status"] == "queued" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert http.delete(f"/v1/videos/{job_id}").json()["deleted"] is True
+        assert http.get(f"/v1/videos/{job_id}").status_code == 404
+        # The replica is free again soon: a short job completes well before 200 steps would.
+        resp = http.post("/v1/videos", json={"prompt": "y", "num_frames": 5, "num_inference_steps": 2})
+        short = resp.json()["id"]
+        deadline = time.monotonic() + 30
+        status = "queued"
+        while time.monotonic() < deadline and status not in ("completed", "failed"):
+            status = http.get(f"/v1/videos/{short}").json()["status"]
+            time.sleep(0.05)
+        assert status == "completed"
