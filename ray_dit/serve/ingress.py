@@ -6,7 +6,6 @@ wrong is answered with a 4xx in OpenAI's error shape; a full queue or spool is a
 Retry-After.
 """
 
-
 import asyncio
 import base64
 import contextlib
