@@ -40,7 +40,7 @@ class AppArgs(BaseModel):
     ingress_replicas: int = Field(1, ge=1)
     max_ongoing_requests: int = Field(1, ge=1, le=8)
     max_queued_requests: int = Field(8, ge=1)
-    limits: dict[str, int] = Field(default_factory=dict)
+    limits: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("model")
     @classmethod
@@ -68,16 +68,21 @@ class AppArgs(BaseModel):
             raise ValueError(f"must be one of {', '.join(DTYPES)}")
         return value
 
+    @field_validator("limits")
+    @classmethod
+    def _limits(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            limits_from_mapping(value)
+        except ConfigError as exc:
+            raise ValueError("; ".join(exc.problems)) from None
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> AppArgs:
         if self.device.startswith("cuda") and self.num_gpus == 0:
             raise ValueError(
-                "device is cuda but num_gpus is 0: set num_gpus (e.g. 1) so Ray gives the replica a GPU"
+                "device is cuda but num_gpus is 0: set num_gpus (e.g. 1) to give the replica a GPU"
             )
-        try:
-            limits_from_mapping(self.limits)
-        except ConfigError as exc:
-            raise ValueError("; ".join(exc.problems)) from None
         return self
 
 
@@ -88,9 +93,10 @@ def parse_args(args: dict[str, Any] | None) -> AppArgs:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            where = ".".join(str(p) for p in err.get("loc", ())) or "args"
+            where = ".".join(str(p) for p in err.get("loc", ()))
             msg = "unknown key" if err.get("type") == "extra_forbidden" else err.get("msg", "invalid")
-            problems.append(f"args.{where}: {msg}")
+            msg = msg.removeprefix("Value error, ")
+            problems.append(f"args.{where}: {msg}" if where else f"args: {msg}")
         raise ValueError("invalid ray_dit app args:\n  - " + "\n  - ".join(problems)) from None
 
 
