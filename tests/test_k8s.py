@@ -450,11 +450,16 @@ def env_var_maps(config: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 def test_serve_config_v2_is_a_valid_serve_deploy_schema() -> None:
+    from ray.serve.config import AutoscalingConfig
     from ray.serve.schema import ServeDeploySchema
 
     config = serve_config()
     ServeDeploySchema.model_validate(config)
     assert dropped_keys(config, ServeDeploySchema) == []
+    for app in config["applications"]:
+        for dep in app.get("deployments", []):
+            if "autoscaling_config" in dep:  # the schema keeps it a dict; Serve parses it at deploy
+                AutoscalingConfig(**dep["autoscaling_config"])
 
 
 def test_dropped_key_check_can_fail() -> None:
