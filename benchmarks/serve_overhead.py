@@ -1,0 +1,161 @@
+"""Serving overhead: HTTP end to end vs a direct engine call, on the demo model (CPU).
+
+    .venv/bin/python benchmarks/serve_overhead.py [--requests 60] [--size 128x128]
+
+Prints p50/p95 latency of a direct ``Engine.generate`` call in this process, of the same request
+through Ray Serve over HTTP (b64_json and url responses), the per-request overhead (HTTP latency
+minus the engine time the DiT replica measured for that very request), and throughput with 1, 2
+and 4 concurrent clients. The design target is an overhead under 20 ms at the median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import time
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def direct_engine(n: int, size: tuple[int, int], threads: int) -> list[float]:
+    import torch
+
+    from ray_dit.api import GenerationRequest
+    from ray_dit.engine import Engine, EngineOptions
+
+    torch.set_num_threads(threads)
+    engine = Engine(EngineOptions(model="demo:flux-tiny", device="cpu"))
+    request = GenerationRequest(prompt="a red square", width=size[0], height=size[1])
+    for _ in range(3):
+        engine.generate(request)
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        engine.generate(request)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+async def http_run(url: str, n: int, concurrency: int, body: dict) -> tuple[list[float], list[float], float]:
+    import httpx
+
+    latencies: list[float] = []
+    engine_times: list[float] = []
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(n):
+        queue.put_nowait(i)
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        while True:
+            try:
+                queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            started = time.perf_counter()
+            resp = await client.post("/v1/images/generations", json=body)
+            latencies.append(time.perf_counter() - started)
+            resp.raise_for_status()
+            engine_times.append(resp.json()["timings"]["total_s"])
+
+    limits = {"max_connections": concurrency, "max_keepalive_connections": concurrency}
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(**limits)) as client:
+        for _ in range(3):  # warm up
+            (await client.post("/v1/images/generations", json=body)).raise_for_status()
+        started = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    return latencies, engine_times, wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=60)
+    parser.add_argument("--size", default="128x128")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for the engine (both sides)")
+    args = parser.parse_args()
+    width, height = (int(v) for v in args.size.lower().split("x"))
+
+    direct = direct_engine(args.requests, (width, height), args.threads)
+
+    import ray
+    from ray import serve
+
+    from ray_dit.serve import build_app
+
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(
+            build_app(
+                {
+                    "model": "demo:flux-tiny",
+                    "device": "cpu",
+                    "dit_num_cpus": args.threads,
+                    "max_queued_requests": 64,
+                }
+            ),
+            name="bench",
+            route_prefix="/",
+        )
+        url = f"http://127.0.0.1:{port}"
+        body = {"prompt": "a red square", "size": args.size}
+        rows = []
+        for fmt in ("b64_json", "url"):
+            lat, eng, _ = asyncio.run(http_run(url, args.requests, 1, {**body, "response_format": fmt}))
+            over = [a - b for a, b in zip(lat, eng, strict=True)]
+            rows.append((f"HTTP ({fmt})", lat, eng, over))
+        throughput = []
+        for concurrency in (1, 2, 4):
+            lat, _, wall = asyncio.run(
+                http_run(url, args.requests, concurrency, {**body, "response_format": "b64_json"})
+            )
+            throughput.append((concurrency, args.requests / wall, pct(lat, 50), pct(lat, 95)))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+    ms = 1000.0
+    print(
+        f"\nserve overhead, demo:flux-tiny {args.size}, {args.requests} requests each, CPU x{args.threads} threads"
+    )
+    print(
+        f"{'path':<18}{'p50 ms':>10}{'p95 ms':>10}{'engine p50':>12}{'overhead p50':>14}{'overhead p95':>14}"
+    )
+    print(
+        f"{'direct engine':<18}{pct(direct, 50) * ms:>10.1f}{pct(direct, 95) * ms:>10.1f}{'':>12}{'':>14}{'':>14}"
+    )
+    for name, lat, eng, over in rows:
+        print(
+            f"{name:<18}{pct(lat, 50) * ms:>10.1f}{pct(lat, 95) * ms:>10.1f}{pct(eng, 50) * ms:>12.1f}"
+            f"{pct(over, 50) * ms:>14.1f}{pct(over, 95) * ms:>14.1f}"
+        )
+    p50_http = pct(rows[0][1], 50)
+    print(f"HTTP p50 - direct p50: {(p50_http - pct(direct, 50)) * ms:.1f} ms (target < 20 ms)")
+    print(f"\n{'clients':<10}{'req/s':>10}{'p50 ms':>10}{'p95 ms':>10}")
+    for concurrency, rps, p50, p95 in throughput:
+        print(f"{concurrency:<10}{rps:>10.2f}{p50 * ms:>10.1f}{p95 * ms:>10.1f}")
+    print(f"direct engine, 1 client: {1 / statistics.mean(direct):.2f} req/s")
+
+
+if __name__ == "__main__":
+    main()
