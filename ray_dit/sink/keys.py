@@ -64,6 +64,25 @@ def build_key(prefix: str, request_id: str, index: int, extension: str, when: da
     return key
 
 
+_KEY_TAIL_RE = re.compile(r"(\d{4})/(\d{2})/(\d{2})/([A-Za-z0-9_-]{1,128})_(\d{1,4})\.([a-z0-9]{1,8})")
+
+
+def check_key(key: str) -> str:
+    """Re-validate a whole output key (e.g. one read back from a spool record)."""
+    if not isinstance(key, str) or len(key.encode()) > MAX_KEY_BYTES:
+        raise ValueError("key: must be a string of at most 1024 bytes")
+    parts = key.split("/")
+    if len(parts) < 5:
+        raise ValueError("key: must be {prefix}/{yyyy}/{mm}/{dd}/{request_id}_{index}.{ext}")
+    check_prefix("/".join(parts[:-4]))
+    match = _KEY_TAIL_RE.fullmatch("/".join(parts[-4:]))
+    if not match:
+        raise ValueError("key: must be {prefix}/{yyyy}/{mm}/{dd}/{request_id}_{index}.{ext}")
+    check_index(int(match.group(5)))
+    check_extension(match.group(6))
+    return key
+
+
 def manifest_key(prefix: str, part_name: str) -> str:
     """``{prefix}/manifest/{part_name}`` for an uploaded manifest part."""
     if not re.fullmatch(r"part-[A-Za-z0-9_-]{1,200}\.parquet", part_name):

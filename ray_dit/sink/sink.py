@@ -106,18 +106,31 @@ class FrameSink:
     def s3_enabled(self) -> bool:
         return self._store is not None
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     # ---------------------------------------------------------------------------------------
     # storing
 
     def store(
-        self, result: GenerationResult, output_format: str | None = None, *, include_data: bool = False
+        self,
+        result: GenerationResult,
+        output_format: str | None = None,
+        *,
+        include_data: bool = False,
+        wait_url_s: float = 0.0,
     ) -> list[StoredOutput]:
-        """Encode and durably spool every output of ``result``; returns without waiting for S3.
+        """Encode and durably spool every output of ``result``; by default returns without
+        waiting for S3.
 
         ``output_format`` None means png for images and mp4 for videos; a format that does not
         fit the kind is a ValueError. ``include_data`` puts the encoded bytes in each
-        StoredOutput (for b64_json). Never refuses because the spool is full: admission control
-        (``is_full()``) belongs before the denoise, and a finished output is never dropped.
+        StoredOutput (for b64_json, which never waits). ``wait_url_s`` > 0 (url responses) waits
+        up to that long in total for the uploads and fills ``url`` for those confirmed; the rest
+        keep ``url=None`` and land in S3 later. Never refuses because the spool is full:
+        admission control (``is_full()``) belongs before the denoise, and a finished output is
+        never dropped.
         """
         if self._closed:
             raise RuntimeError("FrameSink is closed")
@@ -201,6 +214,10 @@ class FrameSink:
                     data=encoded.data if include_data else None,
                 )
             )
+        if wait_url_s > 0 and self._uploader is not None:
+            deadline = time.monotonic() + wait_url_s
+            for out in outputs:
+                out.url = self.wait_url(out.key, max(0.0, deadline - time.monotonic()))
         return outputs
 
     # ---------------------------------------------------------------------------------------

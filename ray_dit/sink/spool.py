@@ -462,6 +462,7 @@ def _check_name(name: str) -> str:
 
 def split_key(key: str) -> tuple[str, str]:
     """``.../{request_id}_{index}.{ext}`` -> (``{request_id}_{index}``, ``ext``), validated."""
+    keys.check_key(key)
     base = key.rsplit("/", 1)[-1]
     name, _, extension = base.rpartition(".")
     if not _NAME_RE.fullmatch(name):

@@ -139,27 +139,40 @@ class Uploader:
         self._wake.set()
 
     def status(self, key: str) -> UploadStatus:
+        """The spool is the truth: an entry still there is pending; one that this process spooled
+        and that is gone was uploaded (entries are removed only after S3 confirmed them),
+        possibly by a sibling process sharing the spool."""
+        name = split_key(key)[0]
         with self._cond:
             if key in self._uploaded:
                 return UploadStatus(key, UPLOADED)
-            name = split_key(key)[0]
             job = self._jobs.get(name)
-            if job is not None and job.key == key:
-                return UploadStatus(key, PENDING, job.attempts, job.last_error)
+            job = job if job is not None and job.key == key else None
+            attempts, error = (job.attempts, job.last_error) if job else (0, None)
+            if job is not None and job.inflight:
+                return UploadStatus(key, PENDING, attempts, error)
             mine = key in self._mine
         entry = self.spool.get(name)
         if entry is not None and entry.key == key:
-            return UploadStatus(key, PENDING)
-        # Spooled here and gone from the spool: a sibling process uploaded it (entries are only
-        # ever removed after S3 confirmed them).
+            return UploadStatus(key, PENDING, attempts, error)
         return UploadStatus(key, UPLOADED if mine else UNKNOWN)
 
     def wait_uploaded(self, key: str, timeout: float) -> bool:
-        """Block up to ``timeout`` seconds for ``key`` to be confirmed in S3."""
+        """Block up to ``timeout`` seconds for ``key`` to be confirmed in S3.
+
+        A key this process never spooled (the caller reached another sink replica) is pending
+        while it sits in this spool; otherwise S3 itself is asked (HEAD, at most every 0.5 s).
+        """
         deadline = time.monotonic() + max(0.0, timeout)
+        next_head = 0.0
         while True:
-            if self.status(key).state == UPLOADED:
+            state = self.status(key).state
+            if state == UPLOADED:
                 return True
+            if state == UNKNOWN and time.monotonic() >= next_head:
+                next_head = time.monotonic() + 0.5
+                if self._exists_in_s3(key):
+                    return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
@@ -167,6 +180,17 @@ class Uploader:
                 if key not in self._uploaded:
                     # Woken by our own uploads; the short cap notices a sibling's upload.
                     self._cond.wait(min(remaining, 0.1))
+
+    def _exists_in_s3(self, key: str) -> bool:
+        try:
+            found = self.store.head(key)
+        except StorageError:
+            return False
+        if found is None:
+            return False
+        with self._cond:
+            self._remember(self._uploaded, key)
+        return True
 
     def drain(self, timeout: float) -> bool:
         """Wait until the spool (all processes' entries) is empty; True if it emptied in time."""

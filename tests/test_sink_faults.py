@@ -1,0 +1,205 @@
+"""Nothing is lost and store() never waits, whatever S3 does: 503 bursts, an outage, responses
+dropped after the server stored the object, a slow server, a sink process killed mid-upload, a
+full spool. Real boto3 -> real fault proxy -> real moto server, all on loopback."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sink_helpers
+from sink_helpers import FaultProxy, admin_client, image_result, new_bucket, settings_for, wait_for
+
+from ray_dit.api import StoredOutput
+from ray_dit.sink import FrameSink
+from ray_dit.sink.spool import Spool
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[str]:
+    with sink_helpers.moto_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def bucket(moto: str) -> str:
+    return new_bucket(moto)
+
+
+@pytest.fixture
+def proxy(moto: str) -> Iterator[FaultProxy]:
+    with FaultProxy(moto) as running:
+        yield running
+
+
+@pytest.fixture
+def sinks() -> Iterator[list[FrameSink]]:
+    made: list[FrameSink] = []
+    yield made
+    for sink in made:
+        sink.close(timeout=10)
+
+
+def _sink(sinks: list[FrameSink], endpoint: str, bucket: str, spool: Path, **changes: object) -> FrameSink:
+    sink = FrameSink(settings_for(endpoint, bucket, str(spool), **changes), backoff_base_s=0.1, rescan_s=0.5)
+    sinks.append(sink)
+    return sink
+
+
+def _assert_all_in_s3(endpoint: str, bucket: str, expected: dict[str, str]) -> None:
+    """Every key is in S3 exactly once (no stray copies under other names) with the right bytes."""
+    admin = admin_client(endpoint)
+    try:
+        listed = admin.list_objects_v2(Bucket=bucket).get("Contents", [])
+        outputs = {o["Key"]: o["ETag"].strip('"') for o in listed if "/manifest/" not in o["Key"]}
+        assert outputs == expected
+    finally:
+        admin.close()
+
+
+def _md5s(outputs: list[StoredOutput]) -> dict[str, str]:
+    return {o.key: o.md5 for o in outputs}
+
+
+def test_bursts_of_503_are_ridden_out(
+    moto: str, proxy: FaultProxy, bucket: str, tmp_path: Path, sinks: list
+) -> None:
+    sink = _sink(sinks, proxy.endpoint, bucket, tmp_path)
+    proxy.fail_next(7)  # more than one call's botocore retries: the spool loop has to take over
+    outputs = [o for i in range(4) for o in sink.store(image_result(f"burst{i}", seed=i))]
+    assert sink.drain(30)
+    assert proxy.count("failed") == 7
+    assert sink.stats()["failed_attempts"] >= 1
+    _assert_all_in_s3(moto, bucket, _md5s(outputs))
+
+
+def test_responses_dropped_after_the_store_leave_one_object(
+    moto: str, proxy: FaultProxy, bucket: str, tmp_path: Path, sinks: list
+) -> None:
+    sink = _sink(sinks, proxy.endpoint, bucket, tmp_path)
+    proxy.drop_next(4)  # the server stores the object, the client sees a reset connection
+    outputs = [o for i in range(2) for o in sink.store(image_result(f"drop{i}", n=2, seed=i))]
+    assert sink.drain(30)
+    dropped = [r for r in proxy.requests if r.outcome == "dropped"]
+    assert len(dropped) == 4 and all(r.method == "PUT" for r in dropped)
+    _assert_all_in_s3(moto, bucket, _md5s(outputs))  # each key once, identical bytes
+
+
+def test_a_slow_server_does_not_slow_store(
+    moto: str, proxy: FaultProxy, bucket: str, tmp_path: Path, sinks: list
+) -> None:
+    sink = _sink(sinks, proxy.endpoint, bucket, tmp_path, read_timeout_s=1.0)
+    # Slower than the read timeout, and answered only after the object was stored.
+    proxy.set_latency(1.5, after_forward=True)
+    took, outputs = [], []
+    for i in range(3):
+        started = time.monotonic()
+        outputs += sink.store(image_result(f"slow{i}", seed=i))
+        took.append(time.monotonic() - started)
+    assert wait_for(lambda: proxy.count("forwarded", "PUT") >= 3, 20)
+    proxy.set_latency(0.3)  # still slow, now within the timeout
+    assert sink.drain(30)
+    assert max(took) < 1.0  # generous: store() spools locally and returns
+    _assert_all_in_s3(moto, bucket, _md5s(outputs))
+
+
+@pytest.mark.slow
+def test_a_20s_outage_loses_nothing_and_store_keeps_returning(
+    moto: str, proxy: FaultProxy, bucket: str, tmp_path: Path, sinks: list
+) -> None:
+    sink = _sink(sinks, proxy.endpoint, bucket, tmp_path)
+    outage_s = 20.0
+    started = time.monotonic()
+    proxy.set_down("reset", seconds=outage_s)  # first half: connections reset
+    took, outputs = [], []
+    for i in range(10):  # requests keep arriving during the outage
+        begin = time.monotonic()
+        outputs += sink.store(image_result(f"outage{i}", n=2, seed=i))
+        took.append(time.monotonic() - begin)
+        if i == 4:
+            assert wait_for(lambda: time.monotonic() - started >= outage_s / 2, outage_s)
+            # Second half: 503 for everything (switched with no gap in between).
+            proxy.set_down("503", seconds=outage_s - (time.monotonic() - started))
+        time.sleep(0.5)
+    assert all(sink.status(o.key) == "pending" for o in outputs)
+    assert max(took) < outage_s / 4  # store() never waited for S3
+    assert wait_for(lambda: time.monotonic() - started >= outage_s, outage_s + 5)
+    assert sink.drain(30)
+    assert proxy.count("refused") > 0 and proxy.count("down") > 0
+    _assert_all_in_s3(moto, bucket, _md5s(outputs))
+
+
+def test_a_sink_process_killed_mid_upload_loses_nothing(
+    moto: str, proxy: FaultProxy, bucket: str, tmp_path: Path, sinks: list
+) -> None:
+    settings = settings_for(proxy.endpoint, bucket, str(tmp_path), read_timeout_s=10.0)
+    proxy.set_latency(5.0)  # every upload is in flight for a long time
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Queue()
+    child = ctx.Process(
+        target=sink_helpers.run_sink_child,
+        args=(settings, [f"kill{i}" for i in range(4)], ready),
+        daemon=True,
+    )
+    child.start()
+    try:
+        keys = ready.get(timeout=60)
+        assert wait_for(lambda: any(r.method == "PUT" for r in proxy.requests), 20)  # mid-upload
+        sink_helpers.kill_process(child.pid)
+        child.join(10)
+        assert child.exitcode is not None and child.exitcode < 0
+    finally:
+        if child.is_alive():
+            sink_helpers.kill_process(child.pid)
+        child.join(10)
+    left = {e.key: e.md5 for e in Spool(tmp_path, 1 << 30).pending()}
+    assert set(left) == set(keys)  # acknowledged outputs survived the kill
+    proxy.set_latency(0.0)
+    successor = _sink(sinks, proxy.endpoint, bucket, tmp_path)  # the restarted replica
+    assert successor.drain(30)
+    _assert_all_in_s3(moto, bucket, left)
+    successor.close()
+    rows = successor.manifest.read()
+    assert set(rows.column("key").to_pylist()) == set(keys)
+
+
+def test_full_spool_reports_full_then_recovers(
+    moto: str, proxy: FaultProxy, bucket: str, tmp_path: Path, sinks: list
+) -> None:
+    sink = _sink(sinks, proxy.endpoint, bucket, tmp_path, spool_max_bytes=20_000)
+    proxy.set_down("503")
+    outputs: list[StoredOutput] = []
+    for i in range(50):  # bounded: ~2.4 kB per output fills 20 kB well before this ends
+        outputs += sink.store(image_result(f"full{i}", seed=i))
+        if sink.is_full():
+            break
+    assert sink.is_full() and sink.stats()["full"]
+    outputs += sink.store(image_result("after-full"))  # a finished output is still accepted
+    proxy.set_down(None)
+    assert wait_for(lambda: not sink.is_full(), 30)
+    assert sink.drain(30)
+    _assert_all_in_s3(moto, bucket, _md5s(outputs))
+
+
+def test_sibling_sinks_share_one_spool(
+    moto: str, proxy: FaultProxy, bucket: str, tmp_path: Path, sinks: list
+) -> None:
+    idle = FrameSink(settings_for(proxy.endpoint, bucket, str(tmp_path)), start=False)  # its loop never runs
+    sinks.append(idle)
+    busy = _sink(sinks, proxy.endpoint, bucket, tmp_path)
+    outputs = idle.store(image_result("sibling", n=2))
+    for out in outputs:  # the idle replica learns that its sibling uploaded its outputs
+        assert idle.wait_url(out.key, timeout=15) is not None
+        assert idle.status(out.key) == "uploaded"
+    # A replica asked about a key it never stored (Serve may route there) asks S3.
+    other = busy.store(image_result("sibling2"), wait_url_s=10)
+    assert other[0].url is not None
+    assert idle.wait_url(other[0].key, timeout=10) is not None
+    outputs += other
+    assert busy.drain(10)
+    _assert_all_in_s3(moto, bucket, _md5s(outputs))
