@@ -148,6 +148,10 @@ def test_malformed_requests(http):
         "/v1/images/generations", content=b'{"prompt": ', headers={"content-type": "application/json"}
     )
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_json"
+    resp = http.post("/v1/images/generations", content=b'{"prompt": "\\ud800"}')
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "prompt"
+    resp = http.post("/v1/images/generations", content=b'{"prompt": "x", "guidance_scale": NaN}')
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "guidance_scale"
     resp = http.post("/v1/images/generations", json=["not", "an", "object"])
     assert resp.status_code == 400
     resp = http.post("/v1/images/generations", content=b"x" * (1024 * 1024 + 1))

@@ -412,7 +412,7 @@ class Ingress:
         flow = Flow(self.dit, self.sink, req, output_format="mp4", job_id=job_id)
         flow.start()
         refused = await flow.admitted(ADMIT_WAIT_S)
-        if refused is not None and _is(refused, BackPressureError):
+        if refused is not None:  # a full queue, or input only the engine could refuse
             await self.jobs.delete.remote(job_id)
             raise self._translate(refused, job_id)
         task = detached(self._finish_job(flow, job_id))

@@ -129,6 +129,10 @@ def _check_text(name: str, value: str | None, limits: ServeLimits, required: boo
         return
     if required and not value.strip():
         raise _bad(name, f"{name}: must not be empty")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _bad(name, f"{name}: must be valid Unicode text (found a lone surrogate)") from None
     if len(value) > limits.max_prompt_chars:
         raise _bad(
             name,
