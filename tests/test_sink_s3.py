@@ -176,6 +176,13 @@ def test_url_response_falls_back_while_upload_is_pending(
     assert sink.drain(10)
     assert sink.content("reqwait", 0) == (out.data, "image/png")  # now read back from S3
     assert sink.content("reqother", 0) is None
+    # Another replica (which never stored it) can serve it when given the key.
+    other = FrameSink(sink.settings, check_bucket=False, start=False)
+    sinks.append(other)
+    assert other.content("reqwait", 0) is None
+    assert other.content("reqwait", 0, key=out.key) == (out.data, "image/png")
+    with pytest.raises(ValueError, match="key"):
+        other.content("reqother", 0, key=out.key)
 
 
 def test_missing_bucket_fails_start_clearly(moto: str, tmp_path: Path) -> None:

@@ -25,13 +25,14 @@ from typing import Any
 from ray_dit.api import GenerationResult, StoredOutput
 from ray_dit.config import StorageSettings
 from ray_dit.sink import keys
-from ray_dit.sink.encode import encode_output, resolve_format
+from ray_dit.sink.encode import FORMAT_INFO, encode_output, resolve_format
 from ray_dit.sink.manifest import Manifest
-from ray_dit.sink.spool import Spool
+from ray_dit.sink.spool import Spool, split_key
 
 log = logging.getLogger(__name__)
 
 _REMEMBER_KEYS = 100_000
+CONTENT_TYPES = {extension: content_type for content_type, extension in FORMAT_INFO.values()}
 
 
 class FrameSink:
@@ -250,11 +251,12 @@ class FrameSink:
     # ---------------------------------------------------------------------------------------
     # content served by the ingress (/v1/images/{id}/content)
 
-    def content(self, request_id: str, index: int = 0) -> tuple[bytes, str] | None:
+    def content(self, request_id: str, index: int = 0, key: str | None = None) -> tuple[bytes, str] | None:
         """(bytes, content type) of one output: from the spool/local store, else from S3.
 
-        None when this sink has no such output. Raises StorageError if S3 has to be asked and
-        cannot be reached (the ingress should answer 503 then).
+        S3 is asked for outputs this replica stored, or for ``key`` when the caller kept it (from
+        the StoredOutput; it must belong to ``request_id``/``index``). None when the output is not
+        found. Raises StorageError if S3 has to be asked and cannot be reached (answer 503 then).
         """
         found = self.spool.read(request_id, index)
         if found is not None:
@@ -264,11 +266,15 @@ class FrameSink:
             return None
         with self._lock:
             known = self._known.get((request_id, index))
+        if known is None and key is not None:
+            name, extension = split_key(key)
+            if name != keys.entry_name(request_id, index):
+                raise ValueError("key: does not belong to this request_id and index")
+            known = (key, CONTENT_TYPES[extension])
         if known is None:
             return None
-        key, content_type = known
-        data = self._store.get(key)
-        return None if data is None else (data, content_type)
+        data = self._store.get(known[0])
+        return None if data is None else (data, known[1])
 
     # ---------------------------------------------------------------------------------------
     # admission and health

@@ -414,11 +414,13 @@ class Spool:
         return max(0.0, time.time() - entries[0].created) if entries else 0.0
 
     def _evict(self, keep: str) -> None:
-        if self.used_bytes() <= self.max_bytes:
+        """Remove the oldest entries (never ``keep``) until the store is below its cap, i.e.
+        until :meth:`is_full` would say False (unless ``keep`` alone fills it)."""
+        if self.used_bytes() < self.max_bytes:
             return
         self._invalidate()
         for entry in self.pending():
-            if self.used_bytes() <= self.max_bytes:
+            if self.used_bytes() < self.max_bytes:
                 break
             if entry.name == keep:
                 continue

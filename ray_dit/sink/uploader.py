@@ -107,14 +107,23 @@ class Uploader:
     def stop(self, timeout: float = 30.0) -> None:
         """Stop scheduling, let in-flight uploads finish (bounded by the S3 timeouts), fold the
         manifest. Entries not uploaded stay in the spool for the next start."""
+        deadline = time.monotonic() + timeout
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            # Do not wait unboundedly for a slow S3: an upload still running past the deadline
+            # finishes (or dies with the process) on its own; its entry stays in the spool.
+            self._pool.shutdown(wait=False, cancel_futures=True)
         with self._cond:
-            s3_healthy = not any(j.attempts for j in self._jobs.values())
+            while any(j.inflight for j in self._jobs.values()):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(min(remaining, 0.1))
+            busy = any(j.inflight for j in self._jobs.values())
+            s3_healthy = not busy and not any(j.attempts for j in self._jobs.values())
         if s3_healthy:  # fold and ship the last rows; skip when S3 is failing (stop stays quick)
             self._manifest_step()
         else:
@@ -219,6 +228,7 @@ class Uploader:
     def _run(self) -> None:
         next_scan = 0.0
         next_sweep = time.monotonic() + 60.0
+        next_row_check = 0.0
         while not self._stop.is_set():
             self._wake.clear()
             now = time.monotonic()
@@ -229,7 +239,11 @@ class Uploader:
                 if now >= next_sweep:
                     self.spool.sweep()
                     next_sweep = now + 60.0
-                if now >= self._next_manifest or self.manifest.pending_rows() >= self.manifest.batch_rows:
+                if now >= next_row_check:  # a directory listing: not on every wake-up
+                    next_row_check = now + 1.0
+                    if self.manifest.pending_rows() >= self.manifest.batch_rows:
+                        self._next_manifest = now
+                if now >= self._next_manifest:
                     self._manifest_step()
                     self._next_manifest = time.monotonic() + self.manifest_flush_s
                 next_due = self._dispatch(now)
