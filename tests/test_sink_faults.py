@@ -5,6 +5,7 @@ full spool. Real boto3 -> real fault proxy -> real moto server, all on loopback.
 from __future__ import annotations
 
 import multiprocessing
+import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from sink_helpers import FaultProxy, admin_client, image_result, new_bucket, set
 from ray_dit.api import StoredOutput
 from ray_dit.sink import FrameSink
 from ray_dit.sink.spool import Spool
+from ray_dit.sink.uploader import backoff_delay
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -203,3 +205,12 @@ def test_sibling_sinks_share_one_spool(
     outputs += other
     assert busy.drain(10)
     _assert_all_in_s3(moto, bucket, _md5s(outputs))
+
+
+def test_backoff_is_exponential_jittered_and_bounded() -> None:
+    rng = random.Random(7)
+    for attempt in range(1, 60):
+        delay = backoff_delay(attempt, 0.5, 30.0, rng)
+        ceiling = min(30.0, 0.5 * 2 ** (attempt - 1))
+        assert ceiling / 2 <= delay <= ceiling
+    assert len({backoff_delay(8, 0.5, 30.0, rng) for _ in range(20)}) > 1  # jittered

@@ -316,3 +316,15 @@ def test_credentials_never_reach_logs_errors_or_reprs(
     texts = debug_logs.texts + [str(s) for s in seen]
     assert [t for t in texts if ACCESS_KEY in t] == []
     assert [t for t in texts if SECRET_KEY in t] == []
+
+
+def test_store_rejects_bad_input_before_doing_work(tmp_path: Path, sinks: list) -> None:
+    sink = FrameSink(StorageSettings(spool_dir=str(tmp_path)))
+    sinks.append(sink)
+    with pytest.raises(ValueError, match="output_format"):
+        sink.store(image_result("reqbad"), "mp4")
+    with pytest.raises(ValueError, match="request_id"):
+        sink.store(image_result("../escape"))
+    assert sink.spool.pending() == []
+    generated = sink.store(image_result(""))[0]  # no id given: the server makes one
+    assert re.fullmatch(r"[0-9a-f]{32}", generated.request_id)

@@ -20,7 +20,7 @@ import uuid
 from collections import OrderedDict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray_dit.api import GenerationResult, StoredOutput
 from ray_dit.config import StorageSettings
@@ -28,6 +28,10 @@ from ray_dit.sink import keys
 from ray_dit.sink.encode import FORMAT_INFO, encode_output, resolve_format
 from ray_dit.sink.manifest import Manifest
 from ray_dit.sink.spool import Spool, split_key
+
+if TYPE_CHECKING:
+    from ray_dit.sink.s3 import S3Store
+    from ray_dit.sink.uploader import Uploader
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +63,8 @@ class FrameSink:
         self._closed = False
         self._lock = threading.Lock()
         self._known: OrderedDict[tuple[str, int], tuple[str, str]] = OrderedDict()  # -> key, type
-        self._store = None
-        self._uploader = None
+        self._store: S3Store | None = None
+        self._uploader: Uploader | None = None
         self._manifest_thread: threading.Thread | None = None
         self._stop = threading.Event()
         if settings.s3_enabled:
@@ -94,6 +98,13 @@ class FrameSink:
         else:
             self.spool = Spool(root / "local", settings.spool_max_bytes, evict_oldest=True)
             self.spool.sweep()
+            left = len(Spool(root, settings.spool_max_bytes).names()) if (root / "pending").is_dir() else 0
+            if left:
+                log.warning(
+                    "%d outputs from an earlier S3 run wait in %s; they upload when S3 is enabled again",
+                    left,
+                    root / "pending",
+                )
             if start:
                 self._manifest_thread = threading.Thread(
                     target=self._manifest_loop, name="ray-dit-manifest", daemon=True
