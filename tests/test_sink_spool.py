@@ -113,6 +113,7 @@ def test_cap_and_is_full(tmp_path: Path) -> None:
     assert not spool.is_full()
     entries = [_put(spool, f"req{i}", size=300) for i in range(4)]  # never refused: never dropped
     assert spool.is_full() and spool.used_bytes() >= 1_200
+    assert 0.0 <= spool.oldest_age_s() < 60.0
     assert len(spool.pending()) == 4
     for entry in entries[:3]:
         assert spool.remove(entry)

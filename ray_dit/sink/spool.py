@@ -410,8 +410,15 @@ class Spool:
         return self.used_bytes() >= self.max_bytes
 
     def oldest_age_s(self) -> float:
-        entries = self.pending()
-        return max(0.0, time.time() - entries[0].created) if entries else 0.0
+        """Age of the oldest entry (from file times: one listing, no record reads)."""
+        oldest = None
+        with os.scandir(self._pending) as scan:
+            for item in scan:
+                if item.name.endswith(".json"):
+                    with contextlib.suppress(FileNotFoundError):
+                        mtime = item.stat().st_mtime
+                        oldest = mtime if oldest is None else min(oldest, mtime)
+        return max(0.0, time.time() - oldest) if oldest is not None else 0.0
 
     def _evict(self, keep: str) -> None:
         """Remove the oldest entries (never ``keep``) until the store is below its cap, i.e.
