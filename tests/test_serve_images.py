@@ -224,3 +224,15 @@ def test_client_disconnect_stops_the_denoise(app, http):
     assert full > 4, f"the slow request is too fast to tell ({full:.1f}s)"
     print(f"per_step={per_step:.3f}s full~{full:.1f}s probe waited {waited:.2f}s")
     assert waited < full / 3, f"waited {waited:.1f}s; the full denoise takes ~{full:.1f}s"
+
+
+def test_metrics_can_be_recorded(ray_serve):
+    from ray_dit.serve import metrics
+
+    metrics.requests_total().inc(tags={"endpoint": "/v1/models", "status": "200"})
+    metrics.rejected_total().inc(tags={"reason": "queue_full"})
+    metrics.cancelled_requests().inc()
+    metrics.denoise_seconds().observe(0.5)
+    metrics.steps_cached_ratio().observe(0.25)
+    metrics.sink_queue_depth().set(3)
+    metrics.sink_spool_bytes().set(1024)

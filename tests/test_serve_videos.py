@@ -109,3 +109,12 @@ def test_deleting_a_running_job_cancels_it(base_url):
             status = http.get(f"/v1/videos/{short}").json()["status"]
             time.sleep(0.05)
         assert status == "completed"
+
+
+def test_handle_returns_video_frames(base_url):
+    from ray import serve
+
+    out = serve.get_app_handle(APP).generate.remote(prompt="x", num_frames=5, num_inference_steps=2).result()
+    assert out.kind == "video" and out.frames.shape == (1, 5, 64, 64, 3)
+    assert len(out.videos) == 1 and len(out.videos[0]) == 5
+    assert out.keys[0].endswith(".mp4") and out.fps
