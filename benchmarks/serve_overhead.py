@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import socket
 import statistics
+import tempfile
 import time
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -53,11 +55,14 @@ def direct_engine(n: int, size: tuple[int, int], threads: int) -> list[float]:
     return times
 
 
-async def http_run(url: str, n: int, concurrency: int, body: dict) -> tuple[list[float], list[float], float]:
+async def http_run(
+    url: str, n: int, concurrency: int, body: dict
+) -> tuple[list[float], list[float], list[float], float]:
     import httpx
 
     latencies: list[float] = []
     engine_times: list[float] = []
+    store_times: list[float] = []
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(n):
         queue.put_nowait(i)
@@ -72,7 +77,9 @@ async def http_run(url: str, n: int, concurrency: int, body: dict) -> tuple[list
             resp = await client.post("/v1/images/generations", json=body)
             latencies.append(time.perf_counter() - started)
             resp.raise_for_status()
-            engine_times.append(resp.json()["timings"]["total_s"])
+            timings = resp.json()["timings"]
+            engine_times.append(timings["total_s"])
+            store_times.append(timings["store_s"])
 
     limits = {"max_connections": concurrency, "max_keepalive_connections": concurrency}
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(**limits)) as client:
@@ -81,7 +88,7 @@ async def http_run(url: str, n: int, concurrency: int, body: dict) -> tuple[list
         started = time.perf_counter()
         await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
         wall = time.perf_counter() - started
-    return latencies, engine_times, wall
+    return latencies, engine_times, store_times, wall
 
 
 def main() -> None:
@@ -91,6 +98,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=60)
     parser.add_argument("--size", default="128x128")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for the engine (both sides)")
+    parser.add_argument(
+        "--spool-dir",
+        default=None,
+        help="sink spool directory (default: a fresh one under /tmp; /dev/shm takes fsync out of the path)",
+    )
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
 
@@ -101,7 +113,15 @@ def main() -> None:
 
     from ray_dit.serve import build_app
 
-    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
+    spool = tempfile.mkdtemp(prefix="ray_dit_bench_", dir=args.spool_dir)
+    env = {"RAY_DIT_SPOOL_DIR": spool, "TOKENIZERS_PARALLELISM": "false"}
+    ray.init(
+        address="local",
+        num_cpus=8,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": env},
+    )
     try:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -121,33 +141,36 @@ def main() -> None:
         body = {"prompt": "a red square", "size": args.size}
         rows = []
         for fmt in ("b64_json", "url"):
-            lat, eng, _ = asyncio.run(http_run(url, args.requests, 1, {**body, "response_format": fmt}))
+            lat, eng, store, _ = asyncio.run(
+                http_run(url, args.requests, 1, {**body, "response_format": fmt})
+            )
             over = [a - b for a, b in zip(lat, eng, strict=True)]
-            rows.append((f"HTTP ({fmt})", lat, eng, over))
+            rows.append((f"HTTP ({fmt})", lat, eng, over, store))
         throughput = []
         for concurrency in (1, 2, 4):
-            lat, _, wall = asyncio.run(
+            lat, _, _, wall = asyncio.run(
                 http_run(url, args.requests, concurrency, {**body, "response_format": "b64_json"})
             )
             throughput.append((concurrency, args.requests / wall, pct(lat, 50), pct(lat, 95)))
     finally:
         serve.shutdown()
         ray.shutdown()
+        shutil.rmtree(spool, ignore_errors=True)
 
     ms = 1000.0
     print(
-        f"\nserve overhead, demo:flux-tiny {args.size}, {args.requests} requests each, CPU x{args.threads} threads"
+        f"\nserve overhead, demo:flux-tiny {args.size}, {args.requests} requests each, {args.threads} threads"
     )
-    print(
+    print(f"spool: {spool}")
+    head = (
         f"{'path':<18}{'p50 ms':>10}{'p95 ms':>10}{'engine p50':>12}{'overhead p50':>14}{'overhead p95':>14}"
     )
-    print(
-        f"{'direct engine':<18}{pct(direct, 50) * ms:>10.1f}{pct(direct, 95) * ms:>10.1f}{'':>12}{'':>14}{'':>14}"
-    )
-    for name, lat, eng, over in rows:
+    print(head + f"{'of it store p50':>17}")
+    print(f"{'direct engine':<18}{pct(direct, 50) * ms:>10.1f}{pct(direct, 95) * ms:>10.1f}")
+    for name, lat, eng, over, store in rows:
         print(
             f"{name:<18}{pct(lat, 50) * ms:>10.1f}{pct(lat, 95) * ms:>10.1f}{pct(eng, 50) * ms:>12.1f}"
-            f"{pct(over, 50) * ms:>14.1f}{pct(over, 95) * ms:>14.1f}"
+            f"{pct(over, 50) * ms:>14.1f}{pct(over, 95) * ms:>14.1f}{pct(store, 50) * ms:>17.1f}"
         )
     p50_http = pct(rows[0][1], 50)
     print(f"HTTP p50 - direct p50: {(p50_http - pct(direct, 50)) * ms:.1f} ms (target < 20 ms)")

@@ -145,6 +145,7 @@ def _is(exc: BaseException, kind: type) -> bool:
 @serve.deployment(
     name="Ingress",
     max_ongoing_requests=64,
+    max_queued_requests=256,  # the proxy answers 503 beyond this: no unbounded queue anywhere
     ray_actor_options={"num_cpus": 0.1, "num_gpus": 0},
     graceful_shutdown_timeout_s=30,
 )
