@@ -35,3 +35,7 @@ serve: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+.PHONY: bench-serve
+bench-serve: $(STAMP)
+	$(BIN)/python benchmarks/serve_overhead.py
