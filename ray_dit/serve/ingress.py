@@ -19,7 +19,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from ray import serve
 from ray.serve.exceptions import BackPressureError, RequestCancelledError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -355,12 +355,16 @@ class Ingress:
             raise ApiError(404, f"no image with id {image_id!r}", param="image_id", code="not_found")
         return await self._content(match["rid"], int(match["index"]), f"image {image_id!r}")
 
-    async def _content(self, request_id: str, index: int, what: str) -> Response:
+    async def _content(
+        self, request_id: str, index: int, what: str, fallback_url: str | None = None
+    ) -> Response:
         try:
             found = await self.sink.content.remote(request_id, index)
         except Exception as exc:
             raise self._translate(exc, request_id) from None
         if found is None:
+            if fallback_url:  # stored in S3 by a sink on another node: send the client there
+                return RedirectResponse(fallback_url, status_code=307)
             raise ApiError(404, f"{what} is not stored here (or has expired)", code="not_found")
         data, content_type = found
         return Response(content=data, media_type=content_type)
@@ -496,7 +500,7 @@ class Ingress:
                 param="video_id",
                 code="video_not_ready",
             )
-        return await self._content(video_id, 0, f"video {video_id!r}")
+        return await self._content(video_id, 0, f"video {video_id!r}", job.get("url"))
 
     @app.delete("/v1/videos/{video_id}")
     async def videos_delete(self, video_id: str, request: Request) -> JSONResponse:
