@@ -77,13 +77,23 @@ def test_full_spool_refuses_new_work_with_503(ray_serve, tmp_path):
     from serve_helpers import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"
-    env = _s3_env(dead, "no-such-bucket", str(tmp_path / "spool"), RAY_DIT_SPOOL_MAX_BYTES="1")
+    env = _s3_env(
+        dead,
+        "no-such-bucket",
+        str(tmp_path / "spool"),
+        RAY_DIT_SPOOL_MAX_BYTES="1",
+        RAY_DIT_S3_URL_WAIT_S="0.5",
+    )
     serve.run(_app(env), name="full", route_prefix="/full")
     try:
         with httpx.Client(base_url=ray_serve.url + "/full", timeout=60) as http:
             body = {"prompt": "x", "size": "64x64", "response_format": "b64_json"}
-            first = http.post("/v1/images/generations", json=body)
+            first = http.post("/v1/images/generations", json={**body, "response_format": "url"})
             assert first.status_code == 200, first.text  # a finished output is never dropped
+            url = first.json()["data"][0]["url"]  # not uploaded: the server's own URL, with the key
+            assert url.startswith(ray_serve.url + "/full/v1/images/") and "key=" in url
+            fetched = http.get(url)
+            assert fetched.status_code == 200 and fetched.content[:4] == b"\x89PNG"
             deadline = time.monotonic() + 20
             resp = first
             while time.monotonic() < deadline:

@@ -78,8 +78,10 @@ class FrameSinkDeployment:
         await self._ensure_stats_loop()
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
+        wait_s = self.sink.settings.url_wait_s if wait_url else 0.0
         future = loop.run_in_executor(
-            self._executor, lambda: self.sink.store(result, output_format, include_data=include_data)
+            self._executor,
+            lambda: self.sink.store(result, output_format, include_data=include_data, wait_url_s=wait_s),
         )
         try:
             outputs = await asyncio.shield(future)
@@ -91,11 +93,11 @@ class FrameSinkDeployment:
         except ValueError as exc:
             raise InvalidRequest(str(exc), "output_format") from None
         stored_s = time.perf_counter() - started
-        if wait_url and self.sink.s3_enabled:
-            urls = await asyncio.gather(*(self._in_thread(self.sink.wait_url, out.key) for out in outputs))
-            for out, url in zip(outputs, urls, strict=True):
-                out.url = url
-        timings = {"store_s": stored_s, "sink_total_s": time.perf_counter() - started}
+        timings = {
+            "encode_s": sum(out.encode_s for out in outputs),
+            "spool_s": sum(out.spool_s for out in outputs),
+            "store_s": stored_s,  # encode + spool (+ the bounded wait for cloud URLs)
+        }
         return StoreReply(outputs=outputs, meta=ResultMeta.of(result), timings=timings)
 
     async def url_for(self, key: str, timeout: float = 0.0) -> str | None:
@@ -104,9 +106,14 @@ class FrameSinkDeployment:
             return await self._in_thread(self.sink.wait_url, key, timeout)
         return await self._in_thread(self.sink.url_for, key)
 
-    async def content(self, request_id: str, index: int = 0) -> tuple[bytes, str] | None:
+    async def content(
+        self, request_id: str, index: int = 0, key: str | None = None
+    ) -> tuple[bytes, str] | None:
+        """An output's bytes: from this node's spool, else from S3 (by ``key`` if given)."""
         try:
-            return await self._in_thread(self.sink.content, request_id, index)
+            return await self._in_thread(self.sink.content, request_id, index, key)
+        except ValueError:  # a key that does not belong to this request/index
+            return None
         except Exception:  # StorageError: S3 could not be asked
             raise StorageUnavailable(f"output {request_id}_{index} is not readable right now") from None
 

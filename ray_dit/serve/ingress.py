@@ -16,6 +16,7 @@ import re
 import time
 import uuid
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -329,7 +330,7 @@ class Ingress:
             if b64:
                 data.append({"b64_json": base64.b64encode(out.data or b"").decode("ascii")})
             else:
-                data.append({"url": out.url or f"{base}/v1/images/{request_id}_{out.index}/content"})
+                data.append({"url": out.url or self._content_url(base, out)})
         meta = reply.meta
         timings = {**meta.timings, **reply.timings, "request_s": time.perf_counter() - started}
         return JSONResponse(
@@ -347,19 +348,25 @@ class Ingress:
             }
         )
 
+    @staticmethod
+    def _content_url(base: str, out: Any) -> str:
+        """This server's URL for an output; with S3 on it carries the key, so any sink can fetch it."""
+        url = f"{base}/v1/images/{out.request_id}_{out.index}/content"
+        return url + "?" + urlencode({"key": out.key}) if out.storage == "s3" else url
+
     @app.get("/v1/images/{image_id}/content")
-    async def image_content(self, image_id: str, request: Request) -> Response:
+    async def image_content(self, image_id: str, request: Request, key: str | None = None) -> Response:
         self._authorize(request)
         match = _IMAGE_ID_RE.match(image_id)
         if not match:
             raise ApiError(404, f"no image with id {image_id!r}", param="image_id", code="not_found")
-        return await self._content(match["rid"], int(match["index"]), f"image {image_id!r}")
+        return await self._content(match["rid"], int(match["index"]), f"image {image_id!r}", key=key)
 
     async def _content(
-        self, request_id: str, index: int, what: str, fallback_url: str | None = None
+        self, request_id: str, index: int, what: str, fallback_url: str | None = None, key: str | None = None
     ) -> Response:
         try:
-            found = await self.sink.content.remote(request_id, index)
+            found = await self.sink.content.remote(request_id, index, key)
         except Exception as exc:
             raise self._translate(exc, request_id) from None
         if found is None:
@@ -500,7 +507,7 @@ class Ingress:
                 param="video_id",
                 code="video_not_ready",
             )
-        return await self._content(video_id, 0, f"video {video_id!r}", job.get("url"))
+        return await self._content(video_id, 0, f"video {video_id!r}", job.get("url"), job.get("key"))
 
     @app.delete("/v1/videos/{video_id}")
     async def videos_delete(self, video_id: str, request: Request) -> JSONResponse:
