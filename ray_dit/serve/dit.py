@@ -107,6 +107,8 @@ class DiTDeployment:
     def _run(self, request: GenerationRequest, on_step: Any, should_cancel: Any) -> GenerationResult:
         from ray_dit.engine import GenerationCancelled
 
+        if should_cancel():  # cancelled while it waited for the denoise thread
+            raise RequestCancelled(f"{request.request_id} cancelled before it started")
         try:
             return self.engine.generate(request, on_step=on_step, should_cancel=should_cancel)
         except GenerationCancelled as exc:
