@@ -73,3 +73,87 @@ def test_caller_gone_after_denoise_still_stores_the_output():
     assert made[0].cancelled  # asked, but too late to matter: the frames were ready
     assert sink.stored == ["frames-ref"]
     assert flow.task is not None and flow.task.result() == "stored"
+
+
+# -- the DiT replica's side ------------------------------------------------------------------
+
+
+class FakeEngine:
+    """Steps that honour should_cancel, then a 'decode' that does not (like a real pipeline)."""
+
+    def __init__(self, steps: int, step_s: float, decode_s: float) -> None:
+        self.steps, self.step_s, self.decode_s = steps, step_s, decode_s
+
+    def resolve(self, request: GenerationRequest) -> GenerationRequest:
+        return request
+
+    def settings_for(self, request: GenerationRequest) -> None:
+        return None
+
+    def generate(self, request: GenerationRequest, on_step=None, should_cancel=None):
+        import time
+
+        import numpy as np
+
+        from ray_dit.api import GenerationResult
+        from ray_dit.engine import GenerationCancelled
+
+        for step in range(self.steps):
+            time.sleep(self.step_s)
+            if should_cancel and should_cancel():
+                raise GenerationCancelled(f"after step {step + 1}")
+        time.sleep(self.decode_s)
+        return GenerationResult(
+            frames=np.zeros((1, 1, 16, 16, 3), np.uint8), kind="image", seed=1, steps=self.steps
+        )
+
+
+def _dit(engine: FakeEngine, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray_dit.serve import dit as dit_module
+
+    quiet = SimpleNamespace(inc=lambda *a, **k: None, observe=lambda *a, **k: None)
+    monkeypatch.setattr(dit_module.metrics, "cancelled_requests", lambda: quiet)
+    monkeypatch.setattr(dit_module.metrics, "denoise_seconds", lambda: quiet)
+    monkeypatch.setattr(dit_module.metrics, "steps_cached_ratio", lambda: quiet)
+    cls = dit_module.DiTDeployment.func_or_class
+    replica = cls.__new__(cls)
+    stored: list[tuple[object, object]] = []
+
+    async def store(result: object, fmt: object) -> str:
+        stored.append((result, fmt))
+        return "stored"
+
+    replica.engine = engine
+    replica._jobs = None
+    replica._sink = SimpleNamespace(store=SimpleNamespace(remote=store))
+    replica._executor = ThreadPoolExecutor(max_workers=1)
+    return replica, stored
+
+
+def _cancel_generate_after(replica, delay: float) -> None:
+    async def scenario() -> None:
+        request = GenerationRequest(prompt="x", output_format="png", request_id="img_0123456789abcdef")
+        task = asyncio.ensure_future(replica.generate(request))
+        await asyncio.sleep(delay)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return
+        raise AssertionError("a cancelled generate must report the cancellation")
+
+    asyncio.run(scenario())
+
+
+def test_dit_cancelled_mid_denoise_stores_nothing(monkeypatch):
+    replica, stored = _dit(FakeEngine(steps=50, step_s=0.02, decode_s=0.0), monkeypatch)
+    _cancel_generate_after(replica, 0.1)
+    assert stored == []
+
+
+def test_dit_cancelled_after_denoise_hands_frames_to_the_sink(monkeypatch):
+    replica, stored = _dit(FakeEngine(steps=2, step_s=0.01, decode_s=0.4), monkeypatch)
+    _cancel_generate_after(replica, 0.15)  # during the decode: every step is done
+    assert len(stored) == 1 and stored[0][1] == "png"

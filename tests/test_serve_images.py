@@ -236,3 +236,37 @@ def test_metrics_can_be_recorded(ray_serve):
     metrics.steps_cached_ratio().observe(0.25)
     metrics.sink_queue_depth().set(3)
     metrics.sink_spool_bytes().set(1024)
+
+
+def _orphans_stored() -> int:
+    """How often a DiT replica stored an output whose caller had gone (from its log)."""
+    import glob
+    import os
+
+    import ray
+
+    session = ray._private.worker._global_node.get_session_dir_path()  # this test session's logs
+    count = 0
+    for path in glob.glob(os.path.join(session, "logs", "serve", "*DiT*")):
+        with open(path, errors="replace") as f:
+            count += f.read().count("finished before its cancellation: stored")
+    return count
+
+
+def test_output_finished_before_a_disconnect_is_still_stored(http):
+    """Cancel while the VAE decodes (all steps done): the replica hands the frames to the sink."""
+    body = {"prompt": "x", "size": "1024x1024", "num_inference_steps": 1, "response_format": "b64_json"}
+    full = http.post("/v1/images/generations", json=body)
+    assert full.status_code == 200
+    timings = full.json()["timings"]
+    before = _orphans_stored()
+    for fraction in (0.5, 0.3, 0.7):
+        cut = timings["queue_s"] + timings["denoise_s"] + fraction * timings["decode_s"]
+        with pytest.raises(httpx.ReadTimeout):
+            http.post("/v1/images/generations", json=body, timeout=max(cut, 0.2))
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and _orphans_stored() == before:
+            time.sleep(0.2)
+        if _orphans_stored() > before:
+            return
+    pytest.fail(f"no orphaned output was stored (timings {timings})")

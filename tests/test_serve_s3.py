@@ -22,10 +22,10 @@ def _app(sink_env: dict[str, str]):
     from ray_dit.serve.jobs import VideoJobs
 
     jobs = VideoJobs.bind()
-    dit = DiTDeployment.bind(MODEL, "cpu", "auto", jobs)
     sink = FrameSinkDeployment.options(
         ray_actor_options={"num_cpus": 0.5, "num_gpus": 0, "runtime_env": {"env_vars": sink_env}}
     ).bind()
+    dit = DiTDeployment.bind(MODEL, "cpu", "auto", jobs, sink)
     return Ingress.bind(dit, sink, jobs, MODEL)
 
 

@@ -110,13 +110,13 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         return {"num_replicas": getattr(cfg, name)} if name in given else {}
 
     jobs = VideoJobs.bind()
+    sink = FrameSinkDeployment.options(**replicas("sink_replicas")).bind()
     dit = DiTDeployment.options(
         max_ongoing_requests=cfg.max_ongoing_requests,
         max_queued_requests=cfg.max_queued_requests,
         ray_actor_options={"num_cpus": cfg.dit_num_cpus, "num_gpus": cfg.num_gpus},
         **replicas("dit_replicas"),
-    ).bind(cfg.model, cfg.device, cfg.dtype, jobs)
-    sink = FrameSinkDeployment.options(**replicas("sink_replicas")).bind()
+    ).bind(cfg.model, cfg.device, cfg.dtype, jobs, sink)
     return Ingress.options(**replicas("ingress_replicas")).bind(
         dit, sink, jobs, cfg.model, cfg.served_model_name, cfg.limits or None
     )

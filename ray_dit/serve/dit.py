@@ -4,7 +4,7 @@
 loop stays free to notice that the caller went away: Serve cancels the request's asyncio task,
 the method sets a flag that the engine checks after every step, waits for the denoise to stop,
 and only then frees the replica's slot. A result that finished denoising before the cancellation
-landed is returned anyway, so the sink can still store it.
+landed is handed to the sink by the replica itself (Ray drops a cancelled task's return value).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ray_dit.api import GenerationRequest, GenerationResult
 from ray_dit.config import ConfigError
 from ray_dit.serve import metrics
 from ray_dit.serve.errors import InvalidRequest, RequestCancelled, param_from_message
+from ray_dit.serve.flow import detached
 from ray_dit.serve.types import ModelInfo
 
 logger = logging.getLogger("ray.serve")
@@ -35,7 +36,12 @@ class DiTDeployment:
     """Holds one :class:`ray_dit.engine.Engine` (the only place diffusers is loaded)."""
 
     def __init__(
-        self, model: str, device: str = "auto", dtype: str = "auto", jobs: Any | None = None
+        self,
+        model: str,
+        device: str = "auto",
+        dtype: str = "auto",
+        jobs: Any | None = None,
+        sink: Any | None = None,
     ) -> None:
         from ray_dit.engine import Engine, EngineOptions  # torch/diffusers load only here
 
@@ -43,6 +49,7 @@ class DiTDeployment:
         self.engine = Engine(EngineOptions(model=model, device=device, dtype=dtype))
         self.model = model
         self._jobs = jobs
+        self._sink = sink
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="denoise")
         defaults = self.engine.resolve(GenerationRequest(prompt="-"))
         self.info = ModelInfo(
@@ -97,12 +104,32 @@ class DiTDeployment:
                 metrics.cancelled_requests().inc()
                 logger.info("request %s cancelled by its caller; denoise stopped", request.request_id)
                 raise asyncio.CancelledError() from None
-            logger.info("request %s finished denoising before its cancellation: returned", request.request_id)
+            # It finished denoising before the cancellation landed. Ray discards the return value
+            # of a cancelled task, so the composed sink call would never see these frames: hand
+            # them to the sink from here (still replica -> sink), then report the cancellation.
+            await self._store_orphan(result, request)
+            raise asyncio.CancelledError() from None
         finally:
             if progress:
                 await progress.stop()
         self._observe(result)
         return result
+
+    async def _store_orphan(self, result: GenerationResult, request: GenerationRequest) -> None:
+        if self._sink is None:
+            logger.warning(
+                "request %s finished after its cancellation; no sink to store it", request.request_id
+            )
+            return
+        try:
+            # Outside this (cancelled) request's context, or Serve would cancel the call too.
+            await detached(self._store_remote(result, request.output_format))
+            logger.info("request %s finished before its cancellation: stored", request.request_id)
+        except Exception as exc:
+            logger.error("request %s: storing a finished output failed: %s", request.request_id, exc)
+
+    async def _store_remote(self, result: GenerationResult, output_format: str | None) -> Any:
+        return await self._sink.store.remote(result, output_format)
 
     def _run(self, request: GenerationRequest, on_step: Any, should_cancel: Any) -> GenerationResult:
         from ray_dit.engine import GenerationCancelled
