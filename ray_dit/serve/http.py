@@ -1,0 +1,155 @@
+"""The FastAPI app behind the ingress: error rendering, request metrics, auth and body reading.
+
+Kept apart from the deployment class so the HTTP plumbing (OpenAI's error shape for every
+failure, the bounded body read, constant-time bearer auth) can be read and tested on its own.
+"""
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ray_dit.serve import metrics
+from ray_dit.serve.errors import ApiError, error_body
+from ray_dit.serve.settings import ServerSettings
+
+logger = logging.getLogger("ray.serve")
+
+
+class _RequestMetrics:
+    """ASGI middleware: counts answered requests by route template and status code."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = {"code": "500"}
+
+        async def send_wrapper(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = str(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except asyncio.CancelledError:
+            status["code"] = "499"  # client closed the request
+            raise
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            with contextlib.suppress(Exception):
+                metrics.requests_total().inc(tags={"endpoint": endpoint, "status": status["code"]})
+
+
+app = FastAPI(
+    title="ray_dit",
+    description="OpenAI-compatible image and video generation with DiT models on Ray Serve.",
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
+)
+app.add_middleware(_RequestMetrics)
+
+
+def _error_response(err: ApiError) -> JSONResponse:
+    if err.status in (401, 413, 503) or err.code in ("invalid_value", "invalid_json"):
+        with contextlib.suppress(Exception):
+            metrics.rejected_total().inc(tags={"reason": err.code or str(err.status)})
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+@app.exception_handler(ApiError)
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return _error_response(exc)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    err = exc.errors()[0] if exc.errors() else {}
+    loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
+    name = ".".join(loc) or "request"
+    return _error_response(
+        ApiError(
+            400, f"{name}: {err.get('msg', 'invalid')}", param=loc[0] if loc else None, code="invalid_value"
+        )
+    )
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code == 404:
+        message = f"unknown route: {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    else:
+        message = str(exc.detail)
+    return JSONResponse(error_body(exc.status_code, message), status_code=exc.status_code)
+
+
+@app.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("unexpected error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    return JSONResponse(error_body(500, "internal server error"), status_code=500)
+
+
+def authorize(settings: ServerSettings, request: Request) -> None:
+    """401 unless auth is off or the bearer token matches ``RAY_DIT_API_KEY``."""
+    key = settings.api_key
+    if not key:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(
+            401,
+            "missing API key: send 'Authorization: Bearer <key>'",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    # Compare digests in constant time, so neither the content nor the length of the key leaks.
+    given = hashlib.sha256(token.strip().encode()).digest()
+    if not hmac.compare_digest(given, hashlib.sha256(key.encode()).digest()):
+        raise ApiError(
+            401, "incorrect API key", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it is over ``limit`` bytes."""
+    too_big = ApiError(
+        413,
+        f"request body is over the limit of {limit} bytes (RAY_DIT_MAX_BODY_BYTES)",
+        code="body_too_large",
+    )
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise too_big
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._body = body  # lets request.form() parse what was read here (Starlette's cache)
+    return body
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    body = await read_body(request, limit)
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"invalid JSON body: {exc}", code="invalid_json") from None
