@@ -91,24 +91,37 @@ def test_video_bad_inputs(base_url):
         assert resp.status_code == 400 and resp.json()["error"]["param"] == "model"
 
 
+def _wait_done(http: httpx.Client, job_id: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = http.get(f"/v1/videos/{job_id}").json()
+        if job["status"] in ("completed", "failed"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} not done after {timeout}s")
+
+
 def test_deleting_a_running_job_cancels_it(base_url):
+    long_job = {"prompt": "x", "size": "128x128", "num_frames": 65, "num_inference_steps": 200}
     with httpx.Client(base_url=base_url, timeout=30) as http:
-        resp = http.post("/v1/videos", json={"prompt": "x", "num_frames": 33, "num_inference_steps": 200})
-        job_id = resp.json()["id"]
+        probe = http.post("/v1/videos", json={**long_job, "num_inference_steps": 6}).json()
+        step_s = _wait_done(http, probe["id"])["timings"]["denoise_s"] / 6
+        full = 200 * step_s
+        assert full > 3, f"the long job is too fast to tell ({full:.1f}s)"
+        job_id = http.post("/v1/videos", json=long_job).json()["id"]
         deadline = time.monotonic() + 30
         while http.get(f"/v1/videos/{job_id}").json()["status"] == "queued" and time.monotonic() < deadline:
             time.sleep(0.05)
         assert http.delete(f"/v1/videos/{job_id}").json()["deleted"] is True
+        deleted_at = time.monotonic()
         assert http.get(f"/v1/videos/{job_id}").status_code == 404
-        # The replica is free again soon: a short job completes well before 200 steps would.
-        resp = http.post("/v1/videos", json={"prompt": "y", "num_frames": 5, "num_inference_steps": 2})
-        short = resp.json()["id"]
-        deadline = time.monotonic() + 30
-        status = "queued"
-        while time.monotonic() < deadline and status not in ("completed", "failed"):
-            status = http.get(f"/v1/videos/{short}").json()["status"]
-            time.sleep(0.05)
-        assert status == "completed"
+        # The replica is free again at once: a short job finishes long before 200 steps would.
+        short = http.post(
+            "/v1/videos", json={"prompt": "y", "num_frames": 5, "num_inference_steps": 2}
+        ).json()
+        assert _wait_done(http, short["id"])["status"] == "completed"
+        waited = time.monotonic() - deleted_at
+        assert waited < full / 2, f"waited {waited:.1f}s; the deleted job takes ~{full:.1f}s"
 
 
 def test_handle_returns_video_frames(base_url):
