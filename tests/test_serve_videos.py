@@ -80,11 +80,14 @@ def test_video_bad_inputs(base_url):
             ({"prompt": "x", "size": "64"}, "size"),
             ({"prompt": "x", "output_format": "gif"}, "output_format"),
             ({"seconds": "4"}, "prompt"),
+            ({"prompt": "x", "input_reference": {"image_url": "http://x/y.png"}}, "input_reference"),
         ]
         for body, param in cases:
             resp = http.post("/v1/videos", json=body)
             assert resp.status_code == 400, (body, resp.text)
             assert resp.json()["error"]["param"] == param, (body, resp.text)
+        form = http.post("/v1/videos", data={"prompt": "x"}, files={"input_reference": ("a.png", b"png")})
+        assert form.status_code == 400 and form.json()["error"]["param"] == "input_reference"
         assert http.get("/v1/videos/video_0123456789abcdef").status_code == 404
         assert http.delete("/v1/videos/video_0123456789abcdef").status_code == 404
         resp = http.post("/v1/images/generations", json={"prompt": "x"})  # a video model

@@ -69,7 +69,7 @@ class VideoCreateBody(_SamplingExtras):
     num_frames: int | None = None
     fps: int | None = None
     output_format: Literal["mp4"] | None = None
-    input_reference: None = None
+    input_reference: Any = None
 
 
 class ImageData(BaseModel):
@@ -236,6 +236,11 @@ def video_request(
 ) -> GenerationRequest:
     """Check a video body against the limits and turn it into the engine's request."""
     _check_text("prompt", body.prompt, limits, required=True)
+    if body.input_reference is not None:
+        raise _bad(
+            "input_reference",
+            "input_reference: reference images/videos are not supported (text to video only)",
+        )
     if info is not None and info.kind != "video":
         raise _bad("model", f"model {info.model!r} generates images: use POST /v1/images/generations")
     width, height = _check_size(body.size, limits, info)
