@@ -91,6 +91,52 @@ async def http_run(
     return latencies, engine_times, store_times, wall
 
 
+def serve_floor(url: str, n: int) -> list[float]:
+    """Ray Serve's own cost for the same shape with no work: proxy -> ingress -> A, then A's
+    response passed to B (what ray_dit does with the DiT and the sink)."""
+    import httpx
+    from fastapi import FastAPI
+    from ray import serve
+
+    floor_app = FastAPI()
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    class Work:
+        async def make(self) -> bytes:
+            return b"x" * 1024
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    class Take:
+        async def take(self, value: bytes) -> int:
+            return len(value)
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    @serve.ingress(floor_app)
+    class Front:
+        def __init__(self, work: object, take: object) -> None:
+            self.work, self.take = work, take
+
+        @floor_app.post("/two")
+        async def two(self) -> dict:
+            made = self.work.make.remote()
+            await made._to_object_ref()
+            return {"n": await self.take.take.remote(made)}
+
+    serve.run(Front.bind(Work.bind(), Take.bind()), name="floor", route_prefix="/floor")
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for _ in range(5):
+                client.post("/floor/two").raise_for_status()
+            times = []
+            for _ in range(n):
+                started = time.perf_counter()
+                client.post("/floor/two").raise_for_status()
+                times.append(time.perf_counter() - started)
+    finally:
+        serve.delete("floor")
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -146,6 +192,7 @@ def main() -> None:
             )
             over = [a - b for a, b in zip(lat, eng, strict=True)]
             rows.append((f"HTTP ({fmt})", lat, eng, over, store))
+        floor = serve_floor(url, args.requests)
         throughput = []
         for concurrency in (1, 2, 4):
             lat, _, _, wall = asyncio.run(
@@ -172,6 +219,10 @@ def main() -> None:
             f"{name:<18}{pct(lat, 50) * ms:>10.1f}{pct(lat, 95) * ms:>10.1f}{pct(eng, 50) * ms:>12.1f}"
             f"{pct(over, 50) * ms:>14.1f}{pct(over, 95) * ms:>14.1f}{pct(store, 50) * ms:>17.1f}"
         )
+    print(
+        f"{'Serve floor':<18}{pct(floor, 50) * ms:>10.1f}{pct(floor, 95) * ms:>10.1f}{'':>12}"
+        f"{pct(floor, 50) * ms:>14.1f}{pct(floor, 95) * ms:>14.1f}   (same 3 hops, no work)"
+    )
     p50_http = pct(rows[0][1], 50)
     print(f"HTTP p50 - direct p50: {(p50_http - pct(direct, 50)) * ms:.1f} ms (target < 20 ms)")
     print(f"\n{'clients':<10}{'req/s':>10}{'p50 ms':>10}{'p95 ms':>10}")
