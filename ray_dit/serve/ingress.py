@@ -432,7 +432,8 @@ class Ingress:
         full queue raises ApiError with status 503.
         """
         info = await self._model_info()
-        kind = info.kind if info else "image"
+        video_fields = {"seconds", "num_frames", "fps"} & params.keys()
+        kind = info.kind if info else ("video" if video_fields else "image")  # info: None if the DiT is busy
         params = {"prompt": prompt, **params}
         params.pop("response_format", None)
         try:
