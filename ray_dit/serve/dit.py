@@ -85,6 +85,7 @@ class DiTDeployment:
 
     async def generate(self, request: GenerationRequest, job_id: str | None = None) -> GenerationResult:
         """Denoise one request; returns frames (through the object store) and stats."""
+        arrived = time.perf_counter()
         self._validate(request)
         loop = asyncio.get_running_loop()
         cancel = threading.Event()
@@ -113,6 +114,8 @@ class DiTDeployment:
             if progress:
                 await progress.stop()
         self._observe(result)
+        # From arrival at this replica to the replica being free again (benchmarks/drain_isolation).
+        result.timings["replica_s"] = time.perf_counter() - arrived
         return result
 
     async def _store_orphan(self, result: GenerationResult, request: GenerationRequest) -> None:
