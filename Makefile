@@ -23,9 +23,12 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+LINT_PATHS := ray_dit tests benchmarks k8s $(wildcard scripts)
+
 lint: $(STAMP)
-	$(BIN)/ruff check ray_dit tests benchmarks
-	$(BIN)/ruff format --check ray_dit tests benchmarks
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/python k8s/render.py --check
 
 bench: $(STAMP)
 	@for f in benchmarks/*.py; do echo "# $$f"; $(BIN)/python $$f || exit 1; done

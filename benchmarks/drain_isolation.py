@@ -1,0 +1,162 @@
+"""Uploads never block denoising: DiT replica time with storage off, fast, slow and down.
+
+For each storage scenario the whole app runs on a local Ray cluster (ingress, one DiT replica,
+one frame-sink replica) with a real moto S3 server on loopback behind a fault proxy:
+
+* off: no cloud storage (outputs kept in the sink's local store);
+* loopback: S3 at loopback speed;
+* 1 s per PUT: the proxy delays every request by one second;
+* down: the proxy resets every connection for the whole run (outputs wait in the spool).
+
+Reported per scenario: the DiT replica's time per request (from the request reaching the replica
+to the replica being free, ``timings.replica_s``; median and p90 of sequential requests), its
+ratio to storage-off (target: within 2%), and end-to-end throughput with concurrent clients asking
+for ``url`` responses (which wait up to RAY_DIT_S3_URL_WAIT_S for the upload, then fall back to the
+server's own content URL).
+
+Usage: python benchmarks/drain_isolation.py [--requests 30] [--clients 4] [--model demo:flux-tiny]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from serve_helpers import RAY_ENV, free_port
+from sink_helpers import FaultProxy, moto_server, new_bucket
+
+SCENARIOS = ("off", "loopback", "1 s per PUT", "down")
+
+
+def build(model: str, sink_env: dict[str, str]) -> Any:
+    from ray_dit.serve.dit import DiTDeployment
+    from ray_dit.serve.frame_sink import FrameSinkDeployment
+    from ray_dit.serve.ingress import Ingress
+    from ray_dit.serve.jobs import VideoJobs
+
+    jobs = VideoJobs.bind()
+    sink = FrameSinkDeployment.options(
+        ray_actor_options={"num_cpus": 0.5, "num_gpus": 0, "runtime_env": {"env_vars": sink_env}}
+    ).bind()
+    dit = DiTDeployment.options(max_ongoing_requests=1, max_queued_requests=64).bind(
+        model, "cpu", "auto", jobs, sink
+    )
+    return Ingress.bind(dit, sink, jobs, model)
+
+
+def sink_env(scenario: str, proxy: FaultProxy, bucket: str, spool: str) -> dict[str, str]:
+    env = {"RAY_DIT_SPOOL_DIR": spool}
+    if scenario == "off":
+        return env
+    return {
+        **env,
+        "SGLANG_CLOUD_STORAGE_TYPE": "s3",
+        "SGLANG_S3_BUCKET_NAME": bucket,
+        "SGLANG_S3_ENDPOINT_URL": proxy.endpoint,
+        "SGLANG_S3_ACCESS_KEY_ID": "admin",
+        "SGLANG_S3_SECRET_ACCESS_KEY": "admin",
+        "RAY_DIT_S3_ADDRESSING_STYLE": "path",
+        "RAY_DIT_S3_CONNECT_TIMEOUT_S": "2",
+        "RAY_DIT_S3_READ_TIMEOUT_S": "5",
+    }
+
+
+def one(http: httpx.Client, index: int) -> dict[str, float]:
+    resp = http.post(
+        "/v1/images/generations",
+        json={"prompt": f"a red circle {index}", "seed": index, "response_format": "url"},
+    )
+    resp.raise_for_status()
+    return resp.json()["timings"]
+
+
+def run_scenario(
+    base_url: str, model: str, scenario: str, env: dict[str, str], requests: int, clients: int
+) -> dict[str, float]:
+    from ray import serve
+
+    prefix = "/" + scenario.replace(" ", "-")
+    serve.run(build(model, env), name=prefix.strip("/"), route_prefix=prefix)
+    try:
+        with httpx.Client(base_url=base_url + prefix, timeout=120) as http:
+            for i in range(3):  # warm-up
+                one(http, 10_000 + i)
+            replica = [one(http, i).get("replica_s", float("nan")) for i in range(requests)]
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(clients) as pool:
+                list(pool.map(lambda i: one(http, 20_000 + i), range(requests)))
+            throughput = requests / (time.perf_counter() - t0)
+    finally:
+        serve.delete(prefix.strip("/"))
+    ordered = sorted(replica)
+    return {
+        "median": statistics.median(ordered),
+        "p90": ordered[int(0.9 * (len(ordered) - 1))],
+        "throughput": throughput,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=30)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--model", default="demo:flux-tiny")
+    args = parser.parse_args()
+
+    os.environ.update(RAY_ENV)
+    import ray
+    from ray import serve
+
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp, moto_server() as endpoint, FaultProxy(endpoint) as proxy:
+        bucket = new_bucket(endpoint)
+        ray.init(
+            address="local",
+            num_cpus=8,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": RAY_ENV},
+        )
+        try:
+            port = free_port()
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            for scenario in SCENARIOS:
+                proxy.set_latency(1.0 if scenario == "1 s per PUT" else 0.0)
+                proxy.set_down("reset" if scenario == "down" else None)
+                env = sink_env(scenario, proxy, bucket, str(Path(tmp) / scenario.replace(" ", "-")))
+                results[scenario] = run_scenario(
+                    f"http://127.0.0.1:{port}", args.model, scenario, env, args.requests, args.clients
+                )
+                print(f"  {scenario}: done", file=sys.stderr)
+        finally:
+            proxy.set_down(None)
+            serve.shutdown()
+            ray.shutdown()
+
+    base = results["off"]["median"]
+    print(
+        f"\n## Drain isolation: {args.model}, {args.requests} sequential requests per scenario, {args.clients} clients for throughput\n"
+    )
+    print(
+        "| storage | replica s/request (median) | p90 | vs storage off | throughput (req/s, url responses) |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    for scenario, r in results.items():
+        print(
+            f"| {scenario} | {r['median']:.4f} | {r['p90']:.4f} | {r['median'] / base - 1:+.1%} | {r['throughput']:.2f} |"
+        )
+    print("\ntarget: replica time within 2% of storage off in every scenario")
+
+
+if __name__ == "__main__":
+    main()
