@@ -6,9 +6,53 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from serve_helpers import RAY_ENV, free_port
+
+if TYPE_CHECKING:
+    from sink_helpers import FaultProxy
+
+    from ray_dit.sink import FrameSink
+
+
+# -- S3: a real moto server on loopback, a fault proxy in front of it, sinks closed after use ----
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[str]:
+    from sink_helpers import moto_server
+
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def bucket(moto: str) -> str:
+    from sink_helpers import new_bucket
+
+    return new_bucket(moto)
+
+
+@pytest.fixture
+def proxy(moto: str) -> Iterator[FaultProxy]:
+    from sink_helpers import FaultProxy
+
+    with FaultProxy(moto) as running:
+        yield running
+
+
+@pytest.fixture
+def sinks() -> Iterator[list[FrameSink]]:
+    """Collects the sinks a test makes and closes every one of them."""
+    made: list[FrameSink] = []
+    yield made
+    for sink in made:
+        sink.close(timeout=10)
+
+
+# -- Ray Serve -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,11 @@ from __future__ import annotations
 import multiprocessing
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sink_helpers
-from sink_helpers import FaultProxy, admin_client, image_result, new_bucket, settings_for, wait_for
+from sink_helpers import FaultProxy, admin_client, image_result, settings_for, wait_for
 
 from ray_dit.api import StoredOutput
 from ray_dit.sink import FrameSink
@@ -20,31 +19,6 @@ from ray_dit.sink.spool import Spool
 from ray_dit.sink.uploader import backoff_delay
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[str]:
-    with sink_helpers.moto_server() as endpoint:
-        yield endpoint
-
-
-@pytest.fixture
-def bucket(moto: str) -> str:
-    return new_bucket(moto)
-
-
-@pytest.fixture
-def proxy(moto: str) -> Iterator[FaultProxy]:
-    with FaultProxy(moto) as running:
-        yield running
-
-
-@pytest.fixture
-def sinks() -> Iterator[list[FrameSink]]:
-    made: list[FrameSink] = []
-    yield made
-    for sink in made:
-        sink.close(timeout=10)
 
 
 def _sink(sinks: list[FrameSink], endpoint: str, bucket: str, spool: Path, **changes: object) -> FrameSink:

@@ -23,7 +23,6 @@ from sink_helpers import (
     FaultProxy,
     admin_client,
     image_result,
-    new_bucket,
     settings_for,
 )
 
@@ -32,32 +31,6 @@ from ray_dit.sink import FrameSink, StorageError
 from ray_dit.sink.s3 import S3Store
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[str]:
-    with sink_helpers.moto_server() as endpoint:
-        yield endpoint
-
-
-@pytest.fixture
-def bucket(moto: str) -> str:
-    return new_bucket(moto)
-
-
-@pytest.fixture
-def proxy(moto: str) -> Iterator[FaultProxy]:
-    with FaultProxy(moto) as running:
-        yield running
-
-
-@pytest.fixture
-def sinks() -> Iterator[list[FrameSink]]:
-    """Collects sinks a test makes and closes every one of them."""
-    made: list[FrameSink] = []
-    yield made
-    for sink in made:
-        sink.close(timeout=10)
 
 
 def _fetch(url: str) -> bytes:
