@@ -27,48 +27,22 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from serve_helpers import RAY_ENV, free_port
+from serve_helpers import RAY_ENV, app_with_sink_env, free_port, s3_env
 from sink_helpers import FaultProxy, moto_server, new_bucket
 
 SCENARIOS = ("off", "loopback", "1 s per PUT", "down")
 
 
-def build(model: str, sink_env: dict[str, str]) -> Any:
-    from ray_dit.serve.dit import DiTDeployment
-    from ray_dit.serve.frame_sink import FrameSinkDeployment
-    from ray_dit.serve.ingress import Ingress
-    from ray_dit.serve.jobs import VideoJobs
-
-    jobs = VideoJobs.bind()
-    sink = FrameSinkDeployment.options(
-        ray_actor_options={"num_cpus": 0.5, "num_gpus": 0, "runtime_env": {"env_vars": sink_env}}
-    ).bind()
-    dit = DiTDeployment.options(max_ongoing_requests=1, max_queued_requests=64).bind(
-        model, "cpu", "auto", jobs, sink
-    )
-    return Ingress.bind(dit, sink, jobs, model)
-
-
 def sink_env(scenario: str, proxy: FaultProxy, bucket: str, spool: str) -> dict[str, str]:
-    env = {"RAY_DIT_SPOOL_DIR": spool}
     if scenario == "off":
-        return env
-    return {
-        **env,
-        "SGLANG_CLOUD_STORAGE_TYPE": "s3",
-        "SGLANG_S3_BUCKET_NAME": bucket,
-        "SGLANG_S3_ENDPOINT_URL": proxy.endpoint,
-        "SGLANG_S3_ACCESS_KEY_ID": "admin",
-        "SGLANG_S3_SECRET_ACCESS_KEY": "admin",
-        "RAY_DIT_S3_ADDRESSING_STYLE": "path",
-        "RAY_DIT_S3_CONNECT_TIMEOUT_S": "2",
-        "RAY_DIT_S3_READ_TIMEOUT_S": "5",
-    }
+        return {"RAY_DIT_SPOOL_DIR": spool}
+    return s3_env(
+        proxy.endpoint, bucket, spool, RAY_DIT_S3_CONNECT_TIMEOUT_S="2", RAY_DIT_S3_READ_TIMEOUT_S="5"
+    )
 
 
 def one(http: httpx.Client, index: int) -> dict[str, float]:
@@ -86,7 +60,9 @@ def run_scenario(
     from ray import serve
 
     prefix = "/" + scenario.replace(" ", "-")
-    serve.run(build(model, env), name=prefix.strip("/"), route_prefix=prefix)
+    serve.run(
+        app_with_sink_env(model, env, max_queued_requests=64), name=prefix.strip("/"), route_prefix=prefix
+    )
     try:
         with httpx.Client(base_url=base_url + prefix, timeout=120) as http:
             for i in range(3):  # warm-up

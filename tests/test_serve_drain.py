@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from serve_helpers import app_with_sink_env, s3_env
 from sink_helpers import FaultProxy, admin_client, moto_server, new_bucket
 
 from ray_dit.sink.keys import build_key, check_key
@@ -29,37 +30,22 @@ SINK_DEPLOYMENT = "FrameSink"
 
 
 def _app(sink_env: dict[str, str]):
-    """The builder's graph, with storage settings given to the sink replica only (as test_serve_s3)."""
-    from ray_dit.serve.dit import DiTDeployment
-    from ray_dit.serve.frame_sink import FrameSinkDeployment
-    from ray_dit.serve.ingress import Ingress
-    from ray_dit.serve.jobs import VideoJobs
-
-    jobs = VideoJobs.bind()
-    sink = FrameSinkDeployment.options(
-        ray_actor_options={"num_cpus": 0.5, "num_gpus": 0, "runtime_env": {"env_vars": sink_env}}
-    ).bind()
-    dit = DiTDeployment.bind(MODEL, "cpu", "auto", jobs, sink)
-    return Ingress.bind(dit, sink, jobs, MODEL)
+    return app_with_sink_env(MODEL, sink_env)
 
 
 def _s3_env(endpoint: str, bucket: str, spool: Path, **extra: str) -> dict[str, str]:
     """Short timeouts and backoff so the spool drains within seconds of S3 coming back."""
-    return {
-        "SGLANG_CLOUD_STORAGE_TYPE": "s3",
-        "SGLANG_S3_BUCKET_NAME": bucket,
-        "SGLANG_S3_ENDPOINT_URL": endpoint,
-        "SGLANG_S3_ACCESS_KEY_ID": "admin",
-        "SGLANG_S3_SECRET_ACCESS_KEY": "admin",
-        "RAY_DIT_S3_ADDRESSING_STYLE": "path",
-        "RAY_DIT_S3_KEY_PREFIX": PREFIX,
-        "RAY_DIT_SPOOL_DIR": str(spool),
-        "RAY_DIT_S3_MAX_ATTEMPTS": "1",
-        "RAY_DIT_S3_CONNECT_TIMEOUT_S": "2",
-        "RAY_DIT_S3_READ_TIMEOUT_S": "10",
-        "RAY_DIT_S3_BACKOFF_MAX_S": "1",
+    return s3_env(
+        endpoint,
+        bucket,
+        str(spool),
+        RAY_DIT_S3_KEY_PREFIX=PREFIX,
+        RAY_DIT_S3_MAX_ATTEMPTS="1",
+        RAY_DIT_S3_CONNECT_TIMEOUT_S="2",
+        RAY_DIT_S3_READ_TIMEOUT_S="10",
+        RAY_DIT_S3_BACKOFF_MAX_S="1",
         **extra,
-    }
+    )
 
 
 @dataclass

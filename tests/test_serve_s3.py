@@ -7,6 +7,7 @@ import time
 
 import httpx
 import pytest
+from serve_helpers import app_with_sink_env, s3_env
 from sink_helpers import admin_client, moto_server, new_bucket
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -15,31 +16,11 @@ MODEL = "demo:flux-tiny"
 
 
 def _app(sink_env: dict[str, str]):
-    """The builder's graph, with storage settings given to the sink replica only."""
-    from ray_dit.serve.dit import DiTDeployment
-    from ray_dit.serve.frame_sink import FrameSinkDeployment
-    from ray_dit.serve.ingress import Ingress
-    from ray_dit.serve.jobs import VideoJobs
-
-    jobs = VideoJobs.bind()
-    sink = FrameSinkDeployment.options(
-        ray_actor_options={"num_cpus": 0.5, "num_gpus": 0, "runtime_env": {"env_vars": sink_env}}
-    ).bind()
-    dit = DiTDeployment.bind(MODEL, "cpu", "auto", jobs, sink)
-    return Ingress.bind(dit, sink, jobs, MODEL)
+    return app_with_sink_env(MODEL, sink_env)
 
 
 def _s3_env(endpoint: str, bucket: str, spool: str, **extra: str) -> dict[str, str]:
-    return {
-        "SGLANG_CLOUD_STORAGE_TYPE": "s3",
-        "SGLANG_S3_BUCKET_NAME": bucket,
-        "SGLANG_S3_ENDPOINT_URL": endpoint,
-        "SGLANG_S3_ACCESS_KEY_ID": "admin",
-        "SGLANG_S3_SECRET_ACCESS_KEY": "admin",
-        "RAY_DIT_S3_ADDRESSING_STYLE": "path",
-        "RAY_DIT_SPOOL_DIR": spool,
-        **extra,
-    }
+    return s3_env(endpoint, bucket, spool, **extra)
 
 
 def test_urls_point_at_s3_and_handles_get_them(ray_serve, tmp_path):
