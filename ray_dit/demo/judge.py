@@ -1,0 +1,186 @@
+"""A prompt-adherence judge that reads pixels, with no learned model to trust or download.
+
+For a shapes-world image it finds the background color (majority of the border's nearest named
+colors), the foreground (the largest connected region far from the background color), the
+foreground's color (majority name over the region's interior) and its kind (the circle, square
+or triangle template, fitted to the region's bounding box, that overlaps it best). Comparing
+those with the prompt gives three right/wrong answers per image, and a "swap" flag for images
+that painted the prompt's background color on the shape and vice versa.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from ray_dit.demo.shapes_world import COLOR_NAMES, COLORS, SHAPES, Combo
+
+_PALETTE = np.asarray([COLORS[c] for c in COLOR_NAMES], dtype=np.float32)
+BORDER = 2  # pixels of frame read as background
+FG_DISTANCE = 60.0  # RGB distance from the background color that makes a pixel foreground
+MIN_AREA_FRACTION = 0.03  # a region smaller than this is noise, not a shape
+_CAPTION_RE = re.compile(r"^\s*an?\s+(\w+)\s+(\w+)\s+on\s+an?\s+(\w+)\s+background\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What the judge sees in an image (None: nothing it could name)."""
+
+    bg: str | None
+    fg: str | None
+    shape: str | None
+    area_fraction: float = 0.0
+    template_iou: float = 0.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One image against its prompt."""
+
+    reading: Reading
+    bg_ok: bool
+    fg_ok: bool
+    shape_ok: bool
+    swapped: bool
+
+    @property
+    def all_ok(self) -> bool:
+        return self.bg_ok and self.fg_ok and self.shape_ok
+
+
+def parse_prompt(prompt: str) -> Combo:
+    """The combination a shapes-world caption asks for; ValueError if it is not one."""
+    match = _CAPTION_RE.match(prompt)
+    if not match:
+        raise ValueError(f"prompt={prompt!r}: not of the form 'a <color> <shape> on a <color> background'")
+    fg, shape, bg = (g.lower() for g in match.groups())
+    if fg not in COLORS or bg not in COLORS or shape not in SHAPES:
+        raise ValueError(f"prompt={prompt!r}: unknown color or shape")
+    return Combo(fg, shape, bg)
+
+
+def _nearest_color(pixels: np.ndarray) -> np.ndarray:
+    """Index into COLOR_NAMES of the nearest named color, per pixel ([..., 3] -> [...])."""
+    d = np.linalg.norm(pixels[..., None, :].astype(np.float32) - _PALETTE, axis=-1)
+    return d.argmin(axis=-1)
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 4-connected region of a boolean mask (plain BFS: images are tiny)."""
+    h, w = mask.shape
+    seen = np.zeros_like(mask, dtype=bool)
+    best: list[tuple[int, int]] = []
+    for y0, x0 in zip(*np.nonzero(mask), strict=True):
+        if seen[y0, x0]:
+            continue
+        region = []
+        queue = deque([(int(y0), int(x0))])
+        seen[y0, x0] = True
+        while queue:
+            y, x = queue.popleft()
+            region.append((y, x))
+            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
+                    seen[ny, nx] = True
+                    queue.append((ny, nx))
+        if len(region) > len(best):
+            best = region
+    out = np.zeros_like(mask, dtype=bool)
+    if best:
+        ys, xs = zip(*best, strict=True)
+        out[list(ys), list(xs)] = True
+    return out
+
+
+def _templates(h: int, w: int) -> dict[str, np.ndarray]:
+    """Ideal circle, square and apex-up triangle filling an h x w box (sampled at pixel centers)."""
+    y = (np.arange(h) + 0.5)[:, None] / h  # 0..1 top to bottom
+    x = (np.arange(w) + 0.5)[None, :] / w
+    circle = (x - 0.5) ** 2 + (y - 0.5) ** 2 <= 0.25
+    triangle = np.abs(x - 0.5) <= y / 2
+    return {"circle": circle, "square": np.ones((h, w), dtype=bool), "triangle": triangle}
+
+
+def read(image: np.ndarray) -> Reading:
+    """Name the background, the foreground color and the shape kind of a uint8 [H, W, 3] image."""
+    img = np.asarray(image, dtype=np.float32)[..., :3]
+    h, w, _ = img.shape
+    border = np.concatenate(
+        [
+            img[:BORDER].reshape(-1, 3),
+            img[-BORDER:].reshape(-1, 3),
+            img[:, :BORDER].reshape(-1, 3),
+            img[:, -BORDER:].reshape(-1, 3),
+        ]
+    )
+    border_labels = _nearest_color(border)
+    bg_index = Counter(border_labels.tolist()).most_common(1)[0][0]
+    bg_rgb = np.median(border[border_labels == bg_index], axis=0)
+    mask = np.linalg.norm(img - bg_rgb, axis=-1) > FG_DISTANCE
+    region = _largest_component(mask)
+    area = float(region.sum()) / (h * w)
+    bg = COLOR_NAMES[bg_index]
+    if area < MIN_AREA_FRACTION:
+        return Reading(bg, None, None, area)
+    # The interior (all 4 neighbours inside too) avoids the blended pixels along the edge.
+    inner = region.copy()
+    inner[1:] &= region[:-1]
+    inner[:-1] &= region[1:]
+    inner[:, 1:] &= region[:, :-1]
+    inner[:, :-1] &= region[:, 1:]
+    pixels = img[inner] if inner.sum() >= 4 else img[region]
+    fg_index = Counter(_nearest_color(pixels).tolist()).most_common(1)[0][0]
+    ys, xs = np.nonzero(region)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    box = region[y0:y1, x0:x1]
+    ious = {
+        name: float((box & t).sum()) / float((box | t).sum())
+        for name, t in _templates(y1 - y0, x1 - x0).items()
+    }
+    shape = max(ious, key=ious.__getitem__)
+    return Reading(bg, COLOR_NAMES[fg_index], shape, area, ious[shape])
+
+
+def judge(image: np.ndarray, prompt: str | Combo) -> Verdict:
+    """Compare what the image shows with what the prompt asked for."""
+    want = parse_prompt(prompt) if isinstance(prompt, str) else prompt
+    seen = read(image)
+    return Verdict(
+        reading=seen,
+        bg_ok=seen.bg == want.bg,
+        fg_ok=seen.fg == want.fg,
+        shape_ok=seen.shape == want.shape,
+        swapped=seen.bg == want.fg and seen.fg == want.bg,
+    )
+
+
+@dataclass
+class Tally:
+    """Accuracy over many verdicts."""
+
+    n: int = 0
+    bg: int = 0
+    fg: int = 0
+    shape: int = 0
+    all: int = 0
+    swapped: int = 0
+
+    def add(self, v: Verdict) -> None:
+        self.n += 1
+        self.bg += v.bg_ok
+        self.fg += v.fg_ok
+        self.shape += v.shape_ok
+        self.all += v.all_ok
+        self.swapped += v.swapped
+
+    def rate(self, field: str) -> float:
+        return getattr(self, field) / self.n if self.n else 0.0
+
+    def row(self) -> str:
+        return (
+            f"bg {self.rate('bg'):.1%}  color {self.rate('fg'):.1%}  shape {self.rate('shape'):.1%}  "
+            f"all {self.rate('all'):.1%}  swapped {self.rate('swapped'):.1%}  (n={self.n})"
+        )
