@@ -42,3 +42,8 @@ clean:
 .PHONY: bench-serve
 bench-serve: $(STAMP)
 	$(BIN)/python benchmarks/serve_overhead.py
+
+# Train the demo:shapes weights shipped in ray_dit/demo/weights/shapes (< 60 min on 2 CPU cores).
+.PHONY: demo-model
+demo-model: $(STAMP)
+	$(BIN)/python scripts/train_shapes.py --out ray_dit/demo/weights/shapes
