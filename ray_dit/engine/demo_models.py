@@ -227,7 +227,15 @@ def build_wan_tiny(two_experts: bool = False) -> Any:
     )
 
 
+def load_shapes() -> Any:
+    """The trained shapes-world FLUX pipeline shipped in ``ray_dit/demo/weights/shapes``."""
+    from ray_dit.demo.shapes_model import load_shapes as load
+
+    return load()
+
+
 DEMO_MODELS: dict[str, Callable[[], Any]] = {
+    "shapes": load_shapes,
     "flux-tiny": build_flux_tiny,
     "flux-large": build_flux_large,
     "wan-tiny": build_wan_tiny,

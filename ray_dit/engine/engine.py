@@ -97,6 +97,7 @@ class Engine:
             num_inference_steps=steps,
             num_frames=frames if self.kind == "video" else None,
             fps=(request.fps or d.fps) if self.kind == "video" else None,
+            **d.cfg_fields(request),
         )
 
     def settings_for(self, request: GenerationRequest) -> CacheDitSettings:
