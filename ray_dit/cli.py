@@ -26,7 +26,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("prompt")
     gen.add_argument("-o", "--output", default="out.png", help="output file: .png .jpg .webp or .mp4")
-    gen.add_argument("--model", default="demo:flux-tiny", help="diffusers id or path, or demo:<name>")
+    gen.add_argument("--model", default="demo:shapes", help="diffusers id or path, or demo:<name>")
     gen.add_argument("--steps", type=int, default=None, help="num_inference_steps")
     gen.add_argument("--size", default=None, help="WIDTHxHEIGHT, e.g. 128x128")
     gen.add_argument("--seed", type=int, default=1024)

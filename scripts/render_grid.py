@@ -28,7 +28,7 @@ from ray_dit.engine import Engine, EngineOptions  # noqa: E402
 
 PROMPTS = [
     ("a red circle on a blue background", 1),
-    ("a yellow square on a purple background", 2),  # held out: never trained
+    ("a yellow square on a purple background", 2),  # a held-out color pair: never trained
     ("a white triangle on a black background", 3),
     ("an orange circle on a green background", 4),
     ("a blue square on a yellow background", 5),
@@ -41,7 +41,7 @@ SETTINGS: list[tuple[str, dict[str, Any] | None]] = [
     ("SCM ultra static", {"scm_preset": "ultra", "scm_policy": "static"}),
     ("TaylorSeer O2", {"enable_taylorseer": True, "taylorseer_order": 2}),
 ]
-SCALE, PAD, LABEL_W, HEAD_H, FOOT_H = 2, 8, 300, 28, 16
+SCALE, PAD, LABEL_W, HEAD_H, FOOT_H = 2, 8, 230, 28, 16
 
 
 def main() -> None:

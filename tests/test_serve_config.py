@@ -71,7 +71,7 @@ def test_default_config_is_the_cpu_demo_with_seed_defaults():
     raw = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     app = raw["applications"][0]
     assert app["import_path"] == "ray_dit.serve.app:build_app"
-    assert app["args"]["model"] == "demo:flux-tiny" and app["args"]["num_gpus"] == 0
+    assert app["args"]["model"] == "demo:shapes" and app["args"]["num_gpus"] == 0
     env = app["runtime_env"]["env_vars"]
     for name, default in SEED_DEFAULTS.items():
         if name not in CREDENTIALS:
@@ -99,7 +99,7 @@ def test_builder_args_are_validated_with_every_problem_named():
         assert needle in text, text
     with pytest.raises(ValueError, match="num_gpus"):
         parse_args({"device": "cuda"})
-    assert parse_args(None).model == "demo:flux-tiny"
+    assert parse_args(None).model == "demo:shapes"
 
 
 def test_server_settings_from_env_and_args():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -12,14 +13,19 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 from serve_helpers import RAY_ENV, free_port
+
+from ray_dit.demo.judge import judge
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "test-key-0123456789"
+PROMPT = "a yellow triangle on a purple background"
 
 
 def _group_alive(pgid: int) -> bool:
@@ -70,7 +76,8 @@ def test_serve_run_config_answers_with_auth_and_stops_on_sigterm(tmp_path):
     try:
         _wait_ready(proc, url, log)
         with httpx.Client(base_url=url, timeout=60) as http:
-            body = {"prompt": "a red square", "size": "64x64", "response_format": "b64_json"}
+            # The embedded default is the trained demo:shapes: the picture must follow the prompt.
+            body = {"prompt": PROMPT, "response_format": "b64_json", "seed": 3}
             assert http.get("/health").status_code == 200  # open without a key
             missing = http.post("/v1/images/generations", json=body)
             assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"
@@ -81,12 +88,15 @@ def test_serve_run_config_answers_with_auth_and_stops_on_sigterm(tmp_path):
                 "/v1/images/generations", json=body, headers={"Authorization": f"Bearer {API_KEY}"}
             )
             assert ok.status_code == 200, ok.text
-            assert base64.b64decode(ok.json()["data"][0]["b64_json"])[:8] == b"\x89PNG\r\n\x1a\n"
+            png = base64.b64decode(ok.json()["data"][0]["b64_json"])
+            assert png[:8] == b"\x89PNG\r\n\x1a\n"
+            verdict = judge(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), PROMPT)
+            assert verdict.all_ok, f"{PROMPT!r} was drawn as {verdict.reading}"
 
         from openai import OpenAI
 
         client = OpenAI(base_url=url + "/v1", api_key=API_KEY, max_retries=0)
-        assert client.models.list().data[0].id == "demo:flux-tiny"
+        assert client.models.list().data[0].id == "demo:shapes"
         assert API_KEY not in log.read_text(errors="replace")
     finally:
         if proc.poll() is None:

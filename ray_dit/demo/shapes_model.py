@@ -8,6 +8,8 @@ trained weights ship inside the package, so loading needs no network and no trai
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,6 +191,24 @@ def build_untrained(arch: ShapesArch | None = None, seed: int = 0) -> Any:
     )
 
 
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No per-component progress bars for a 13 MB model that loads in a blink (they clutter
+    server logs and test output); the libraries' own settings are restored afterwards."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    states = [(lib, lib.is_progress_bar_enabled()) for lib in (diffusers_logging, transformers_logging)]
+    for lib, _ in states:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, enabled in states:
+            if enabled:
+                lib.enable_progress_bar()
+
+
 def load_shapes(path: str | Path | None = None) -> Any:
     """The shipped ``demo:shapes`` pipeline, offline, every module in eval mode."""
     from diffusers import FluxPipeline
@@ -198,7 +218,12 @@ def load_shapes(path: str | Path | None = None) -> Any:
         raise FileNotFoundError(
             f"{directory}: no trained demo:shapes weights here; run `make demo-model` to train them"
         )
-    pipe = FluxPipeline.from_pretrained(str(directory), torch_dtype=torch.float32, local_files_only=True)
+    from ray_dit.engine.loader import dtype_kwarg
+
+    with _quiet_loading():
+        pipe = FluxPipeline.from_pretrained(
+            str(directory), local_files_only=True, **dtype_kwarg(torch.float32)
+        )
     _lowercase(pipe.tokenizer_2)
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):

@@ -31,7 +31,7 @@ class GenerationCancelled(RuntimeError):
 
 @dataclass(frozen=True)
 class EngineOptions:
-    model: str = "demo:flux-tiny"
+    model: str = "demo:shapes"
     device: str = "auto"
     dtype: str = "auto"
     size_multiple: int = 16

@@ -63,6 +63,15 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """``from_pretrained``'s dtype argument: diffusers 0.42 renamed ``torch_dtype`` to ``dtype``
+    (the old name warns) and older releases do not know the new one."""
+    from diffusers import __version__
+    from packaging.version import Version
+
+    return {"dtype" if Version(__version__).release >= (0, 42) else "torch_dtype": dtype}
+
+
 def load_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> tuple[Any, ModelDefaults]:
     """Build or load the pipeline and move it to ``device`` in ``dtype``."""
     device = resolve_device(device)
@@ -74,7 +83,7 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> tupl
         from diffusers import DiffusionPipeline
 
         try:
-            pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=torch_dtype)
+            pipe = DiffusionPipeline.from_pretrained(model, **dtype_kwarg(torch_dtype))
         except (OSError, ValueError) as exc:
             raise ValueError(
                 f"model={model!r}: could not be loaded as a diffusers pipeline "

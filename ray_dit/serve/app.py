@@ -29,7 +29,7 @@ class AppArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = "demo:flux-tiny"
+    model: str = "demo:shapes"
     served_model_name: str | None = None
     device: str = "auto"
     dtype: str = "auto"
