@@ -132,6 +132,25 @@ def test_local_store_mode_evicts_the_oldest(tmp_path: Path) -> None:
     assert not store.is_full()
 
 
+def test_only_the_durable_spool_flushes_to_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The S3 spool fsyncs bytes, record and directory before acknowledging; the local store
+    (a cache) and its manifest rows skip the flushes but stay atomic and readable."""
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    durable = Spool(tmp_path / "s3", 10_000)
+    entry = _put(durable, "a")
+    assert len(synced) == 4  # bytes, dir, record, dir
+    synced.clear()
+    cache = Spool(tmp_path / "local", 10_000, evict_oldest=True, durable=False)
+    cached = _put(cache, "b")
+    Manifest(tmp_path / "manifest").record({"request_id": "b", "key": "k"}, durable=False)
+    assert synced == []
+    assert [e.name for e in cache.pending()] == ["b_0"]
+    assert Path(cached.data_path).read_bytes() and Path(entry.data_path).read_bytes()
+    assert not list((tmp_path / "local" / "tmp").iterdir())
+
+
 def test_sweep_removes_only_stale_orphans(tmp_path: Path) -> None:
     spool = Spool(tmp_path, 10_000)
     keep = _put(spool, "req1")

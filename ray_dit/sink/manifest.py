@@ -98,8 +98,9 @@ class Manifest:
     def __repr__(self) -> str:
         return f"Manifest(root={str(self.root)!r})"
 
-    def record(self, row: Mapping[str, Any]) -> None:
-        """Durably log one row (unknown columns are an error, missing ones are null)."""
+    def record(self, row: Mapping[str, Any], *, durable: bool = True) -> None:
+        """Log one row (unknown columns are an error, missing ones are null); ``durable=False``
+        skips the fsyncs, for rows about outputs that are themselves only cached."""
         unknown = set(row) - set(COLUMNS)
         if unknown:
             raise ValueError(f"manifest row has unknown columns {sorted(unknown)}")
@@ -113,14 +114,16 @@ class Manifest:
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
+                if durable:
+                    handle.flush()
+                    os.fsync(handle.fileno())
             os.replace(tmp, self._rows / name)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        _fsync_dir(self._rows)
+        if durable:
+            _fsync_dir(self._rows)
 
     def pending_rows(self) -> int:
         return sum(1 for p in self._rows.iterdir() if p.suffix == ".json" and not p.name.startswith("."))

@@ -96,7 +96,7 @@ class FrameSink:
             if start:
                 self._uploader.start()
         else:
-            self.spool = Spool(root / "local", settings.spool_max_bytes, evict_oldest=True)
+            self.spool = Spool(root / "local", settings.spool_max_bytes, evict_oldest=True, durable=False)
             self.spool.sweep()
             left = len(Spool(root, settings.spool_max_bytes).names()) if (root / "pending").is_dir() else 0
             if left:
@@ -201,7 +201,8 @@ class FrameSink:
                         "md5": entry.md5,
                         "content_type": entry.content_type,
                         "created": entry.created,
-                    }
+                    },
+                    durable=False,  # the local store is a cache: its rows need no disk flush
                 )
             outputs.append(
                 StoredOutput(
