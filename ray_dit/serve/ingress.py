@@ -312,9 +312,20 @@ class Ingress:
         task.add_done_callback(self._jobs_running.discard)
         return JSONResponse(job, headers={"openai-poll-after-ms": POLL_AFTER_MS})
 
+    async def _keep_alive(self, flow: Flow, job_id: str) -> None:
+        """Tell the job store this replica still owns ``job_id`` until its flow ends."""
+        assert flow.task is not None
+        every = self.settings.job_heartbeat_s
+        while not flow.task.done():
+            await asyncio.wait({flow.task}, timeout=every)
+            if not flow.task.done():
+                with contextlib.suppress(Exception):
+                    await self.jobs.touch.remote(job_id)
+
     async def _finish_job(self, flow: Flow, job_id: str) -> None:
         assert flow.task is not None
         try:
+            await self._keep_alive(flow, job_id)
             reply: StoreReply = await flow.task
         except BaseException as exc:
             err = self._translate(exc, job_id) if isinstance(exc, Exception) else None

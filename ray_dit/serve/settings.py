@@ -48,6 +48,12 @@ class ServerSettings:
     limits: ServeLimits = field(default_factory=ServeLimits)
     retry_after_s: int = 2
     public_base_url: str | None = None
+    job_stale_s: int = 120  # a running video job nobody reported on for this long is failed
+
+    @property
+    def job_heartbeat_s(self) -> float:
+        """How often the ingress owning a video job tells the job store it is alive."""
+        return max(0.5, min(10.0, self.job_stale_s / 4))
 
     @property
     def auth_enabled(self) -> bool:
@@ -57,7 +63,7 @@ class ServerSettings:
         auth = "on" if self.auth_enabled else "off"
         return (
             f"ServerSettings(auth={auth}, limits={self.limits!r}, retry_after_s={self.retry_after_s}, "
-            f"public_base_url={self.public_base_url!r})"
+            f"public_base_url={self.public_base_url!r}, job_stale_s={self.job_stale_s})"
         )
 
 
@@ -88,27 +94,29 @@ def _get(env: Mapping[str, str], name: str) -> str | None:
     return str(raw)
 
 
+def _int_setting(env: Mapping[str, str], name: str, default: int, problems: list[str]) -> int:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        return int_at_least(1)(raw)
+    except ValueError as exc:
+        problems.append(f"{name}={raw!r}: must be {exc}")
+        return default
+
+
 def server_from_env(
     env: Mapping[str, str] | None = None, limit_overrides: Mapping[str, Any] | None = None
 ) -> ServerSettings:
     """Read ``RAY_DIT_*`` edge settings, then apply the builder's limit overrides."""
     env = os.environ if env is None else env
     problems: list[str] = []
-    limits: dict[str, int] = {}
-    for attr, name in LIMIT_ENV.items():
-        raw = _get(env, name)
-        if raw is not None:
-            try:
-                limits[attr] = int_at_least(1)(raw)
-            except ValueError as exc:
-                problems.append(f"{name}={raw!r}: must be {exc}")
-    retry_after = 2
-    raw_retry = _get(env, "RAY_DIT_RETRY_AFTER_S")
-    if raw_retry is not None:
-        try:
-            retry_after = int_at_least(1)(raw_retry)
-        except ValueError as exc:
-            problems.append(f"RAY_DIT_RETRY_AFTER_S={raw_retry!r}: must be {exc}")
+    limits = {
+        attr: _int_setting(env, name, getattr(ServeLimits, attr), problems)
+        for attr, name in LIMIT_ENV.items()
+    }
+    retry_after = _int_setting(env, "RAY_DIT_RETRY_AFTER_S", ServerSettings.retry_after_s, problems)
+    job_stale = _int_setting(env, "RAY_DIT_VIDEO_JOB_STALE_S", ServerSettings.job_stale_s, problems)
     base_url = _get(env, "RAY_DIT_PUBLIC_BASE_URL")
     if base_url is not None and not base_url.startswith(("http://", "https://")):
         problems.append(f"RAY_DIT_PUBLIC_BASE_URL={base_url!r}: must be an http:// or https:// URL")
@@ -120,5 +128,6 @@ def server_from_env(
         api_key=api_key.strip() if api_key else None,
         limits=merged,
         retry_after_s=retry_after,
+        job_stale_s=job_stale,
         public_base_url=base_url.rstrip("/") if base_url else None,
     )
