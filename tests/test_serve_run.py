@@ -59,7 +59,10 @@ def test_serve_run_config_answers_with_auth_and_stops_on_sigterm(tmp_path):
     path = tmp_path / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
     log = tmp_path / "serve.log"
-    env = {**os.environ, **RAY_ENV, "RAY_DIT_API_KEY": API_KEY}
+    # Ray's high-throughput mode (handles default to by-value gRPC calls) on this whole cluster:
+    # the app must pass frames DiT -> sink by reference in either mode; the other serve tests
+    # run in the default mode.
+    env = {**os.environ, **RAY_ENV, "RAY_DIT_API_KEY": API_KEY, "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
     env.pop("RAY_ADDRESS", None)
     serve_bin = Path(sys.executable).with_name("serve")
     with log.open("wb") as out:

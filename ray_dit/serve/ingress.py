@@ -79,8 +79,11 @@ class Ingress:
         served_model_name: str | None = None,
         limits: dict[str, int] | None = None,
     ) -> None:
-        self.dit = dit
-        self.sink = sink
+        # By reference in every Serve mode: with RAY_SERVE_THROUGHPUT_OPTIMIZED handles default to
+        # by-value gRPC calls, which would pull every frame through this process and cannot give
+        # the object reference a Flow hands from the DiT to the sink.
+        self.dit = dit.options(_by_reference=True)
+        self.sink = sink.options(_by_reference=True)
         self.jobs = jobs
         self.model = model
         self.model_names = {model, served_model_name or model}
