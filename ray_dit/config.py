@@ -65,6 +65,17 @@ def _parse_int(raw: Any, minimum: int) -> int:
     return value
 
 
+def _parse_nice(raw: Any) -> int:
+    allowed = "an integer from 0 (normal priority) to 19 (lowest)"
+    try:
+        value = _parse_int(raw, 0)
+    except ValueError:
+        raise ValueError(allowed) from None
+    if value > 19:
+        raise ValueError(allowed)
+    return value
+
+
 def int_at_least(minimum: int) -> Callable[[Any], int]:
     return lambda raw: _parse_int(raw, minimum)
 
@@ -313,6 +324,9 @@ class StorageSettings:
     backoff_max_s: float = 30.0
     verify_etag: bool = True
     manifest_flush_s: float = 30.0
+    # Niceness of the sink replica's process: its encoding and uploads yield the CPU to the
+    # node's DiT replicas (whose host threads feed the GPU) whenever the two compete.
+    sink_nice: int = 10
 
     @property
     def s3_enabled(self) -> bool:
@@ -477,6 +491,7 @@ def _read_storage(reader: _EnvReader) -> StorageSettings:
         manifest_flush_s=reader.get(
             "RAY_DIT_MANIFEST_FLUSH_S", parse_positive_float, default.manifest_flush_s
         ),
+        sink_nice=reader.get("RAY_DIT_SINK_NICE", _parse_nice, default.sink_nice),
     )
     if (
         settings.s3_enabled

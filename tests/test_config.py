@@ -139,6 +139,9 @@ INVALID = [
     ("SGLANG_CLOUD_STORAGE_TYPE", "gcs", "s3"),
     ("SGLANG_S3_ENDPOINT_URL", "minio:9000", "http://"),
     ("SGLANG_S3_BUCKET_NAME", "Bad_Bucket", "bucket name"),
+    ("RAY_DIT_SINK_NICE", "20", "0 (normal priority) to 19"),
+    ("RAY_DIT_SINK_NICE", "-5", "0 (normal priority) to 19"),
+    ("RAY_DIT_SINK_NICE", "low", "0 (normal priority) to 19"),
 ]
 
 

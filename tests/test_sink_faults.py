@@ -84,6 +84,28 @@ def test_a_slow_server_does_not_slow_store(
     _assert_all_in_s3(moto, bucket, _md5s(outputs))
 
 
+def test_an_unreachable_s3_gets_one_probe_at_a_time_then_everything_lands(
+    moto: str, proxy: FaultProxy, bucket: str, tmp_path: Path, sinks: list
+) -> None:
+    """While S3 refuses everything, the uploader stops cycling through every entry (each with its
+    own retries) and probes with one attempt at a time; once S3 is back all entries land."""
+    # One botocore attempt per upload attempt: the proxy's count is the uploader's attempts.
+    sink = _sink(sinks, proxy.endpoint, bucket, tmp_path, backoff_max_s=1.0, max_attempts=1)
+    proxy.set_down("503")
+    outputs = [o for i in range(12) for o in sink.store(image_result(f"down{i}", seed=i))]
+    window_s = 4.0
+    time.sleep(window_s)
+    tried = proxy.count("down")
+    # 12 entries retried on their own (backoff from 0.1 s, doubling to 1 s) would make about 5
+    # attempts each in this window; the first wave (4 workers) plus single probes stay far below.
+    assert tried < 25, tried
+    assert sink.stats()["s3_unreachable"] is True
+    proxy.set_down(None)
+    assert sink.drain(30)
+    assert sink.stats()["s3_unreachable"] is False
+    _assert_all_in_s3(moto, bucket, _md5s(outputs))
+
+
 @pytest.mark.slow
 def test_a_20s_outage_loses_nothing_and_store_keeps_returning(
     moto: str, proxy: FaultProxy, bucket: str, tmp_path: Path, sinks: list

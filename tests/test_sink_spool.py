@@ -267,3 +267,45 @@ def test_manifest_upload_marks_parts(tmp_path: Path) -> None:
 def test_manifest_rejects_unknown_columns(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown columns"):
         Manifest(tmp_path).record({"nope": 1})
+
+
+def _report_priorities(nice: int, out: object) -> None:
+    """Child process: a thread started before and one after lowering the priority."""
+    import threading
+
+    from ray_dit.serve.frame_sink import lower_priority
+
+    def tid_nice() -> tuple[int, int]:
+        tid = threading.get_native_id()
+        return tid, os.getpriority(os.PRIO_PROCESS, tid)
+
+    seen: dict[str, int] = {}
+    started = threading.Event()
+    lowered = threading.Event()
+
+    def early() -> None:
+        started.set()
+        lowered.wait(10)
+        seen["early"] = tid_nice()[1]
+
+    thread = threading.Thread(target=early)
+    thread.start()
+    started.wait(10)
+    lower_priority(nice)
+    lowered.set()
+    thread.join(10)
+    late = threading.Thread(target=lambda: seen.setdefault("late", tid_nice()[1]))
+    late.start()
+    late.join(10)
+    seen["main"] = tid_nice()[1]
+    out.put(seen)  # type: ignore[attr-defined]
+
+
+def test_the_sink_process_yields_the_cpu_in_every_thread(spawn: object) -> None:
+    """RAY_DIT_SINK_NICE renices every thread of the sink's process, already running or not."""
+    out = spawn.ctx.Queue()  # type: ignore[attr-defined]
+    process = spawn(_report_priorities, 7, out)  # type: ignore[operator]
+    seen = out.get(timeout=60)
+    process.join(30)
+    expected = max(7, os.getpriority(os.PRIO_PROCESS, 0))  # never raises a priority it was given
+    assert seen == {"early": expected, "late": expected, "main": expected}

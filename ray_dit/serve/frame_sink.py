@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -26,6 +27,21 @@ from ray_dit.serve.types import ResultMeta, StoreReply
 logger = logging.getLogger("ray.serve")
 
 STATS_INTERVAL_S = 5.0
+
+
+def lower_priority(nice: int) -> None:
+    """Renice every thread of this process (Linux nice values are per thread; threads started
+    later inherit their creator's). Best effort: without permission the sink runs at normal
+    priority, which costs the denoise some CPU on shared nodes but loses nothing."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [0]
+    for tid in tids:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid)))
 
 
 class StorageUnavailable(RuntimeError):
@@ -44,7 +60,9 @@ class FrameSinkDeployment:
     def __init__(self, threads: int = 4) -> None:
         from ray_dit.sink import FrameSink
 
-        self.sink = FrameSink(storage_from_env())
+        settings = storage_from_env()
+        lower_priority(settings.sink_nice)  # before FrameSink starts its upload threads
+        self.sink = FrameSink(settings)
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sink")
         self._stats_task: asyncio.Task | None = None
 

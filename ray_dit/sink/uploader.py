@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 PENDING, UPLOADED, UNKNOWN = "pending", "uploaded", "unknown"
 _MANIFEST_CONTENT_TYPE = "application/vnd.apache.parquet"
 _REMEMBER_UPLOADED = 100_000
+# After this many failed attempts in a row (any entries), S3 counts as unreachable: the uploader
+# stops trying every entry and sends one probe at a time, spaced by the backoff, until one lands.
+BREAKER_AFTER = 3
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,8 @@ class Uploader:
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._counters = {"uploaded": 0, "failed_attempts": 0, "manifest_parts_uploaded": 0}
+        self._fail_streak = 0  # failed attempts since the last success, across entries
+        self._paused_until = 0.0  # monotonic; while S3 looks down nothing is tried before it
         self._next_manifest = time.monotonic() + manifest_flush_s
 
     # ---------------------------------------------------------------------------------------
@@ -220,6 +225,7 @@ class Uploader:
             "pending": len(jobs),
             "inflight": sum(1 for j in jobs if j.inflight),
             "retrying": sum(1 for j in jobs if j.attempts > 0),
+            "s3_unreachable": self._fail_streak >= BREAKER_AFTER,
         }
 
     # ---------------------------------------------------------------------------------------
@@ -273,6 +279,12 @@ class Uploader:
         next_due = now + 1.0
         assert self._pool is not None
         with self._cond:
+            if now < self._paused_until:
+                return self._paused_until
+            # While S3 looks down, one probe at a time: no point in every worker (and every
+            # entry's own retries) hammering an endpoint that refuses, and burning the CPU the
+            # node's GPU replica needs.
+            limit = 1 if self._fail_streak >= BREAKER_AFTER else self.workers
             busy = sum(1 for j in self._jobs.values() if j.inflight)
             for job in sorted(self._jobs.values(), key=lambda j: j.next_at):
                 if job.inflight:
@@ -280,7 +292,7 @@ class Uploader:
                 if job.next_at > now:
                     next_due = min(next_due, job.next_at)
                     break
-                if busy >= self.workers:
+                if busy >= limit:
                     break
                 job.inflight = True
                 busy += 1
@@ -340,6 +352,9 @@ class Uploader:
                 self._jobs.pop(job.name, None)
                 self._remember(self._uploaded, job.key)
                 self._counters["uploaded"] += 1
+                if self._fail_streak >= BREAKER_AFTER:
+                    log.warning("S3 reachable again: draining the spool")
+                self._fail_streak, self._paused_until = 0, 0.0
             elif outcome == "gone":
                 self._jobs.pop(job.name, None)
                 if job.key in self._mine:
@@ -352,6 +367,17 @@ class Uploader:
                 job.next_at = time.monotonic() + backoff_delay(
                     job.attempts, self.backoff_base_s, self.backoff_max_s, self._rng
                 )
+                self._fail_streak += 1
+                if self._fail_streak >= BREAKER_AFTER:
+                    if self._fail_streak == BREAKER_AFTER:
+                        log.warning("S3 looks unreachable: retrying with one probe at a time")
+                    pause = backoff_delay(
+                        self._fail_streak - BREAKER_AFTER + 1,
+                        self.backoff_base_s,
+                        self.backoff_max_s,
+                        self._rng,
+                    )
+                    self._paused_until = time.monotonic() + pause
             self._cond.notify_all()
         self._wake.set()
 
