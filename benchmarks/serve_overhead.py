@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import os
 import shutil
 import socket
@@ -77,7 +78,10 @@ async def http_run(
             resp = await client.post("/v1/images/generations", json=body)
             latencies.append(time.perf_counter() - started)
             resp.raise_for_status()
-            timings.append(resp.json()["timings"])
+            payload = resp.json()
+            first = payload["data"][0]
+            encoded = len(base64.b64decode(first["b64_json"])) if "b64_json" in first else 0
+            timings.append({**payload["timings"], "encoded_bytes": encoded})
 
     limits = {"max_connections": concurrency, "max_keepalive_connections": concurrency}
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(**limits)) as client:
@@ -99,9 +103,11 @@ BREAKDOWN = (
 )
 
 
-def serve_floor(url: str, n: int) -> list[float]:
+def serve_floor(url: str, n: int, frame_bytes: int = 0, encoded_bytes: int = 0) -> list[float]:
     """Ray Serve's own cost for the same shape with no work: proxy -> ingress -> A, then A's
-    response passed to B (what ray_dit does with the DiT and the sink)."""
+    response passed to B (what ray_dit does with the DiT and the sink). With payload sizes, A
+    returns ``frame_bytes`` (the frames), B returns ``encoded_bytes`` (the encoded image) and the
+    ingress answers it base64-encoded in JSON, as ray_dit's b64_json response does."""
     import httpx
     from fastapi import FastAPI
     from ray import serve
@@ -111,12 +117,12 @@ def serve_floor(url: str, n: int) -> list[float]:
     @serve.deployment(ray_actor_options={"num_cpus": 0})
     class Work:
         async def make(self) -> bytes:
-            return b"x" * 1024
+            return b"x" * max(frame_bytes, 1024)
 
     @serve.deployment(ray_actor_options={"num_cpus": 0})
     class Take:
-        async def take(self, value: bytes) -> int:
-            return len(value)
+        async def take(self, value: bytes) -> bytes:
+            return value[:encoded_bytes] if encoded_bytes else str(len(value)).encode()
 
     @serve.deployment(ray_actor_options={"num_cpus": 0})
     @serve.ingress(floor_app)
@@ -128,7 +134,7 @@ def serve_floor(url: str, n: int) -> list[float]:
         async def two(self) -> dict:
             made = self.work.make.remote()
             await made._to_object_ref()
-            return {"n": await self.take.take.remote(made)}
+            return {"b64": base64.b64encode(await self.take.take.remote(made)).decode("ascii")}
 
     serve.run(Front.bind(Work.bind(), Take.bind()), name="floor", route_prefix="/floor")
     try:
@@ -198,6 +204,8 @@ def main() -> None:
             lat, timings, _ = asyncio.run(http_run(url, args.requests, 1, {**body, "response_format": fmt}))
             rows.append((f"HTTP ({fmt})", lat, timings))
         floor = serve_floor(url, args.requests)
+        png_bytes = statistics.median(t["encoded_bytes"] for t in rows[0][2])
+        floor_payload = serve_floor(url, args.requests, width * height * 3, int(png_bytes))
         throughput = []
         for concurrency in (1, 2, 4):
             lat, _, wall = asyncio.run(
@@ -230,6 +238,11 @@ def main() -> None:
     print(
         f"{'Serve floor':<18}{pct(floor, 50) * ms:>10.1f}{pct(floor, 95) * ms:>10.1f}{'':>12}"
         f"{pct(floor, 50) * ms:>14.1f}{pct(floor, 95) * ms:>14.1f}   (same 3 hops, no work)"
+    )
+    print(
+        f"{'  + payloads':<18}{pct(floor_payload, 50) * ms:>10.1f}{pct(floor_payload, 95) * ms:>10.1f}{'':>12}"
+        f"{pct(floor_payload, 50) * ms:>14.1f}{pct(floor_payload, 95) * ms:>14.1f}   "
+        f"(and the same bytes: {width * height * 3} of frames, {int(png_bytes)} of PNG as base64 JSON)"
     )
     over = [a - t["total_s"] for a, t in zip(rows[0][1], rows[0][2], strict=True)]
     print(
