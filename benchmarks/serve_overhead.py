@@ -1,11 +1,18 @@
 """Serving overhead: HTTP end to end vs a direct engine call, on the demo model (CPU).
 
-    .venv/bin/python benchmarks/serve_overhead.py [--requests 60] [--size 128x128]
+    .venv/bin/python benchmarks/serve_overhead.py [--model demo:shapes] [--requests 60]
+        [--serve-mode both|default|high-throughput]
 
 Prints p50/p95 latency of a direct ``Engine.generate`` call in this process, of the same request
 through Ray Serve over HTTP (b64_json and url responses), the per-request overhead (HTTP latency
 minus the engine time the DiT replica measured for that very request), and throughput with 1, 2
 and 4 concurrent clients. The design target is an overhead under 20 ms at the median.
+
+Serve runs in two modes, each on a fresh Ray cluster: ``default`` (Serve's Python HTTP proxy)
+and ``high-throughput``, the settings Ray's KubeRay guide recommends and ``k8s/`` sets:
+``RAY_SERVE_ENABLE_HA_PROXY=1`` (HAProxy on the HTTP port, forwarding straight to the ingress
+replica's own HTTP server) and ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` (gRPC between replicas,
+user code on the replica's event loop, buffered request logs).
 """
 
 from __future__ import annotations
@@ -13,16 +20,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
 import os
 import shutil
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SERVE_MODES = {
+    "default": {},
+    "high-throughput": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+}
+PROMPTS = {"demo:shapes": "a yellow triangle on a purple background"}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -37,15 +53,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def direct_engine(n: int, size: tuple[int, int], threads: int) -> list[float]:
+def direct_engine(n: int, model: str, prompt: str, threads: int) -> list[float]:
     import torch
 
     from ray_dit.api import GenerationRequest
     from ray_dit.engine import Engine, EngineOptions
 
     torch.set_num_threads(threads)
-    engine = Engine(EngineOptions(model="demo:flux-tiny", device="cpu"))
-    request = GenerationRequest(prompt="a red square", width=size[0], height=size[1])
+    engine = Engine(EngineOptions(model=model, device="cpu"))
+    request = GenerationRequest(prompt=prompt)  # the model's own defaults, as over HTTP
     for _ in range(3):
         engine.generate(request)
     times = []
@@ -81,7 +97,7 @@ async def http_run(
             payload = resp.json()
             first = payload["data"][0]
             encoded = len(base64.b64decode(first["b64_json"])) if "b64_json" in first else 0
-            timings.append({**payload["timings"], "encoded_bytes": encoded})
+            timings.append({**payload["timings"], "encoded_bytes": encoded, "size": payload["size"]})
 
     limits = {"max_connections": concurrency, "max_keepalive_connections": concurrency}
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(**limits)) as client:
@@ -151,12 +167,37 @@ def serve_floor(url: str, n: int, frame_bytes: int = 0, encoded_bytes: int = 0) 
     return times
 
 
+def run_modes(args: argparse.Namespace) -> None:
+    """Each mode in its own process: Serve reads these settings once, when its actors start."""
+    summary = []
+    for mode in SERVE_MODES:
+        argv = [sys.executable, __file__, "--serve-mode", mode, "--model", args.model]
+        argv += ["--requests", str(args.requests), "--threads", str(args.threads)]
+        if args.spool_dir:
+            argv += ["--spool-dir", args.spool_dir]
+        out = subprocess.run(argv, check=True, stdout=subprocess.PIPE, text=True).stdout
+        lines = out.splitlines()
+        print("\n".join(line for line in lines if not line.startswith("SUMMARY ")), flush=True)
+        summary += [json.loads(line[8:]) for line in lines if line.startswith("SUMMARY ")]
+    ms = 1000.0
+    print(f"\n{args.model}: overhead = b64_json latency - the replica's engine time (target p50 < 20 ms)")
+    print(
+        f"{'serve mode':<18}{'overhead p50':>14}{'p95':>8}{'Serve floor p50':>17}{'HTTP p50':>10}{'1-client req/s':>16}"
+    )
+    for row in summary:
+        print(
+            f"{row['mode']:<18}{row['overhead_p50'] * ms:>14.1f}{row['overhead_p95'] * ms:>8.1f}"
+            f"{row['floor_payload_p50'] * ms:>17.1f}{row['http_p50'] * ms:>10.1f}{row['rps_1']:>16.2f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--model", default="demo:shapes", help="a demo model (default: the embedded one)")
     parser.add_argument("--requests", type=int, default=60)
-    parser.add_argument("--size", default="128x128")
+    parser.add_argument("--serve-mode", choices=["both", *SERVE_MODES], default="both")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for the engine (both sides)")
     parser.add_argument(
         "--spool-dir",
@@ -164,9 +205,13 @@ def main() -> None:
         help="sink spool directory (default: a fresh one under /tmp; /dev/shm takes fsync out of the path)",
     )
     args = parser.parse_args()
-    width, height = (int(v) for v in args.size.lower().split("x"))
+    if args.serve_mode == "both":
+        run_modes(args)
+        return
+    os.environ.update(SERVE_MODES[args.serve_mode])  # before Ray starts, so its actors inherit it
+    prompt = PROMPTS.get(args.model, "a red square")
 
-    direct = direct_engine(args.requests, (width, height), args.threads)
+    direct = direct_engine(args.requests, args.model, prompt, args.threads)
 
     import ray
     from ray import serve
@@ -188,7 +233,7 @@ def main() -> None:
         serve.run(
             build_app(
                 {
-                    "model": "demo:flux-tiny",
+                    "model": args.model,
                     "device": "cpu",
                     "dit_num_cpus": args.threads,
                     "max_queued_requests": 64,
@@ -198,11 +243,13 @@ def main() -> None:
             route_prefix="/",
         )
         url = f"http://127.0.0.1:{port}"
-        body = {"prompt": "a red square", "size": args.size}
+        body = {"prompt": prompt}
         rows = []
         for fmt in ("b64_json", "url"):
             lat, timings, _ = asyncio.run(http_run(url, args.requests, 1, {**body, "response_format": fmt}))
             rows.append((f"HTTP ({fmt})", lat, timings))
+        size = rows[0][2][0]["size"]
+        width, height = (int(v) for v in size.split("x"))
         floor = serve_floor(url, args.requests)
         png_bytes = statistics.median(t["encoded_bytes"] for t in rows[0][2])
         floor_payload = serve_floor(url, args.requests, width * height * 3, int(png_bytes))
@@ -219,7 +266,8 @@ def main() -> None:
 
     ms = 1000.0
     print(
-        f"\nserve overhead, demo:flux-tiny {args.size}, {args.requests} requests each, {args.threads} threads"
+        f"\nserve overhead, {args.model} {size}, serve mode {args.serve_mode}, "
+        f"{args.requests} requests each, {args.threads} threads"
     )
     print(f"spool: {spool}")
     head = (
@@ -262,6 +310,15 @@ def main() -> None:
     for concurrency, rps, p50, p95 in throughput:
         print(f"{concurrency:<10}{rps:>10.2f}{p50 * ms:>10.1f}{p95 * ms:>10.1f}")
     print(f"direct engine, 1 client: {1 / statistics.mean(direct):.2f} req/s")
+    summary = {
+        "mode": args.serve_mode,
+        "overhead_p50": pct(over, 50),
+        "overhead_p95": pct(over, 95),
+        "floor_payload_p50": pct(floor_payload, 50),
+        "http_p50": p50_http,
+        "rps_1": throughput[0][1],
+    }
+    print("SUMMARY " + json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":

@@ -697,6 +697,15 @@ def test_containers_share_the_image_and_declare_ports_and_resources() -> None:
     assert images.pop().endswith(f":{version}"), "tag the image with the package version"
 
 
+def test_every_ray_container_runs_serve_in_high_throughput_mode() -> None:
+    # Serve reads these once per process, so every node must agree: a worker without them
+    # would run Serve's Python proxy on its `serve` port while the others run HAProxy.
+    wanted = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    for name, group in all_groups():
+        env = {e["name"]: e.get("value") for e in ray_container(group).get("env", [])}
+        assert {key: env.get(key) for key in wanted} == wanted, name
+
+
 def test_serve_config_matches_the_app_it_builds() -> None:
     """The deployments named in serveConfigV2 exist in the app that its args build, and every one
     of them (after the config's overrides) needs a CPU or a GPU, so none can land on the head."""

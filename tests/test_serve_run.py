@@ -38,6 +38,20 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def _session_commands(sid: int) -> dict[int, str]:
+    """pid -> executable name of every process in session ``sid``. Ray puts its workers (and
+    the HAProxy they start) in process groups of their own, but they stay in the session."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == sid:
+                found[int(entry.name)] = (entry / "comm").read_text().strip()
+    return found
+
+
 def _wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 150) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -59,10 +73,17 @@ def test_serve_run_config_answers_with_auth_and_stops_on_sigterm(tmp_path):
     path = tmp_path / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
     log = tmp_path / "serve.log"
-    # Ray's high-throughput mode (handles default to by-value gRPC calls) on this whole cluster:
-    # the app must pass frames DiT -> sink by reference in either mode; the other serve tests
-    # run in the default mode.
-    env = {**os.environ, **RAY_ENV, "RAY_DIT_API_KEY": API_KEY, "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    # Ray's high-throughput mode, as k8s/rayservice.yaml runs it: HAProxy on the HTTP port
+    # forwarding to the ingress replica's own HTTP server, and handles that default to by-value
+    # gRPC calls (the app must still pass frames DiT -> sink by reference). The other serve tests
+    # run in Serve's default mode.
+    env = {
+        **os.environ,
+        **RAY_ENV,
+        "RAY_DIT_API_KEY": API_KEY,
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    }
     env.pop("RAY_ADDRESS", None)
     serve_bin = Path(sys.executable).with_name("serve")
     with log.open("wb") as out:
@@ -78,6 +99,7 @@ def test_serve_run_config_answers_with_auth_and_stops_on_sigterm(tmp_path):
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(proc, url, log)
+        assert "haproxy" in _session_commands(proc.pid).values(), "HAProxy is not running"
         with httpx.Client(base_url=url, timeout=60) as http:
             # The embedded default is the trained demo:shapes: the picture must follow the prompt.
             body = {"prompt": PROMPT, "response_format": "b64_json", "seed": 3}
@@ -111,11 +133,14 @@ def test_serve_run_config_answers_with_auth_and_stops_on_sigterm(tmp_path):
             proc.wait(timeout=10)
             pytest.fail("serve run did not stop within 90 s of SIGTERM")
     deadline = time.monotonic() + 30
-    while _group_alive(proc.pid) and time.monotonic() < deadline:
+    while (_group_alive(proc.pid) or _session_commands(proc.pid)) and time.monotonic() < deadline:
         time.sleep(0.5)
-    leftover = _group_alive(proc.pid)
-    if leftover:
+    leftover = _session_commands(proc.pid)
+    if _group_alive(proc.pid):
         os.killpg(proc.pid, signal.SIGKILL)
-    assert not leftover, "serve run left processes of its group running after SIGTERM"
+    for pid in leftover:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    assert not leftover, f"serve run left processes running after SIGTERM: {sorted(leftover.values())}"
     with pytest.raises(httpx.HTTPError):
         httpx.get(url + "/health", timeout=2)
