@@ -20,21 +20,12 @@ ratio is the median over rounds of its median against that round's storage-off m
 drift of the machine's load (these are CPU timings on shared cores) then shifts both sides of a
 ratio alike instead of landing on whichever scenario happened to run during it.
 
-``--layout`` places the processes:
-
-* ``split`` (the default): the DiT replica alone on CPU 0, everything else (ingress, sink, Serve's
-  proxy and controller, Ray's daemons, the S3 server and this client) on the other CPUs. This is
-  the production layout scaled down: on a GPU node the denoise runs on the GPU and the sinks run
-  on CPU pods of their own (``k8s/``), so storage work never shares the denoise's compute.
-* ``shared``: no pinning; every process competes for every CPU, so the sink's encoding and the
-  S3 server's work take CPU time from a denoise that itself runs on the CPU. This measures the
-  box, not the design: expect a few percent of contention on two cores.
-
 ``--denoise`` chooses what the DiT replica's CPU does during a request:
 
-* ``cpu``: the real pipeline, all its steps on the CPU. On this kind of box that compute shares
-  the machine with the sink's encoding, so the measure includes how much one busy vCPU slows
-  its neighbour (several percent on the 2-vCPU VMs here, with nothing of ray_dit involved).
+* ``cpu``: the real pipeline, all its steps on the CPU. That compute shares the machine with the
+  sink's encoding and the S3 server, so the measure includes how much one busy CPU slows its
+  neighbour: on the 2-vCPU VMs here that alone is several percent, with nothing of ray_dit
+  involved, even with the denoise pinned to a CPU of its own (``benchmarks/cpu_neighbour.py``).
 * ``accelerator`` (the default): what a GPU replica's CPU sees. The replica waits
   ``--accelerator-ms`` per request, as its thread does while the kernels run on the GPU, then
   hands over a fresh copy of frames the real pipeline made at start-up (the model's default
@@ -44,13 +35,12 @@ ratio alike instead of landing on whichever scenario happened to run during it.
   process with the sink, would show here as the 1 s per PUT.)
 
 Usage: python benchmarks/drain_isolation.py [--requests 30] [--rounds 3] [--clients 4]
-    [--model demo:flux-tiny] [--layout split|shared] [--denoise accelerator|cpu] [--accelerator-ms 60]
+    [--model demo:flux-tiny] [--denoise accelerator|cpu] [--accelerator-ms 60]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -74,28 +64,6 @@ def sink_env(scenario: str, proxy: FaultProxy, bucket: str, spool: str) -> dict[
     return s3_env(
         proxy.endpoint, bucket, spool, RAY_DIT_S3_CONNECT_TIMEOUT_S="2", RAY_DIT_S3_READ_TIMEOUT_S="5"
     )
-
-
-DIT_CPU = 0
-
-
-def replica_pids(app: str, deployment: str = "DiT") -> list[int]:
-    """Processes whose title is Ray's ``ray::ServeReplica:{app}:{deployment}``."""
-    wanted = f"ServeReplica:{app}:{deployment}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if wanted in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
-    return pids
-
-
-def pin(pid: int, cpus: set[int]) -> None:
-    """Every thread of ``pid`` (affinity is per thread; new threads inherit their creator's)."""
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(int(tid), cpus)
 
 
 def accelerator_dit(wait_s: float) -> type:
@@ -141,7 +109,6 @@ def run_scenario(
     env: dict[str, str],
     requests: int,
     clients: int,
-    split: bool,
     dit_class: type | None,
 ) -> dict[str, float]:
     from ray import serve
@@ -150,11 +117,6 @@ def run_scenario(
     app = app_with_sink_env(model, env, max_queued_requests=64, dit_class=dit_class)
     serve.run(app, name=prefix.strip("/"), route_prefix=prefix)
     try:
-        if split:
-            pids = replica_pids(prefix.strip("/"))
-            if len(pids) != 1:
-                raise RuntimeError(f"expected one DiT replica process, found {pids}")
-            pin(pids[0], {DIT_CPU})
         with httpx.Client(base_url=base_url + prefix, timeout=120) as http:
             for i in range(3):  # warm-up
                 one(http, 10_000 + i)
@@ -188,17 +150,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--model", default="demo:flux-tiny")
-    parser.add_argument("--layout", choices=("split", "shared"), default="split")
     parser.add_argument("--denoise", choices=("accelerator", "cpu"), default="accelerator")
     parser.add_argument("--accelerator-ms", type=float, default=60.0)
     args = parser.parse_args()
     dit_class = accelerator_dit(args.accelerator_ms / 1000) if args.denoise == "accelerator" else None
-    split = args.layout == "split"
-    if split:
-        others = os.sched_getaffinity(0) - {DIT_CPU}
-        if DIT_CPU not in os.sched_getaffinity(0) or not others:
-            parser.error("--layout split needs CPU 0 and at least one other CPU")
-        pin(os.getpid(), others)  # before S3 and Ray start: every process they spawn inherits it
 
     os.environ.update(RAY_ENV)
     import ray
@@ -232,7 +187,6 @@ def main() -> None:
                         env,
                         args.requests,
                         args.clients,
-                        split,
                         dit_class,
                     )
                     print(f"  round {r + 1}: {scenario} done", file=sys.stderr)
@@ -243,7 +197,7 @@ def main() -> None:
             ray.shutdown()
 
     print(
-        f"\n## Drain isolation: {args.model}, {args.layout} layout, denoise on the {args.denoise}"
+        f"\n## Drain isolation: {args.model}, denoise on the {args.denoise}"
         f"{f' ({args.accelerator_ms:.0f} ms a request)' if dit_class else ''}, {args.rounds} rounds of {args.requests} "
         f"sequential requests per scenario, {args.clients} clients for throughput\n"
     )
