@@ -31,11 +31,13 @@ ratio alike instead of landing on whichever scenario happened to run during it.
   hands over a fresh copy of frames the real pipeline made at start-up (the model's default
   size), so the sink encodes and uploads real pictures. Storage work could then only slow the
   replica by taking its thread, its event loop or its object-store hand-off: exactly the
-  isolation the design promises. (A DiT that waited for its upload, or shared a lock or a
-  process with the sink, would show here as the 1 s per PUT.)
+  isolation the design promises.
+* ``accelerator-blocking``: the negative control. The same replica, but it stays busy until the
+  sink has stored its output and waited (up to RAY_DIT_S3_URL_WAIT_S) for the upload, as a
+  design without a separate drain would. The benchmark must flag it.
 
 Usage: python benchmarks/drain_isolation.py [--requests 30] [--rounds 3] [--clients 4]
-    [--model demo:flux-tiny] [--denoise accelerator|cpu] [--accelerator-ms 60]
+    [--model demo:flux-tiny] [--denoise accelerator|accelerator-blocking|cpu] [--accelerator-ms 60]
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def sink_env(scenario: str, proxy: FaultProxy, bucket: str, spool: str) -> dict[
     )
 
 
-def accelerator_dit(wait_s: float) -> type:
+def accelerator_dit(wait_s: float, blocking: bool = False) -> type:
     """The DiT replica class with its engine's compute standing in for a GPU's (see above)."""
     import dataclasses
     import time as _time
@@ -84,9 +86,12 @@ def accelerator_dit(wait_s: float) -> type:
                 _time.sleep(wait_s)  # the CPU thread idles while the accelerator denoises
                 frames = template.frames.copy()  # then the device-to-host copy of the frames
                 timings = {**template.timings, "total_s": _time.perf_counter() - started}
-                return dataclasses.replace(
+                result = dataclasses.replace(
                     template, frames=frames, seed=request.seed, request_id=request.request_id, timings=timings
                 )
+                if blocking:  # the replica is not free until its output is stored and uploaded
+                    self._sink.store.remote(result, None, False, True).result()
+                return result
 
             self.engine.generate = generate
 
@@ -150,10 +155,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--model", default="demo:flux-tiny")
-    parser.add_argument("--denoise", choices=("accelerator", "cpu"), default="accelerator")
+    parser.add_argument(
+        "--denoise", choices=("accelerator", "accelerator-blocking", "cpu"), default="accelerator"
+    )
     parser.add_argument("--accelerator-ms", type=float, default=60.0)
     args = parser.parse_args()
-    dit_class = accelerator_dit(args.accelerator_ms / 1000) if args.denoise == "accelerator" else None
+    dit_class = None
+    if args.denoise.startswith("accelerator"):
+        dit_class = accelerator_dit(args.accelerator_ms / 1000, blocking=args.denoise.endswith("blocking"))
 
     os.environ.update(RAY_ENV)
     import ray
@@ -197,7 +206,7 @@ def main() -> None:
             ray.shutdown()
 
     print(
-        f"\n## Drain isolation: {args.model}, denoise on the {args.denoise}"
+        f"\n## Drain isolation: {args.model}, denoise: {args.denoise}"
         f"{f' ({args.accelerator_ms:.0f} ms a request)' if dit_class else ''}, {args.rounds} rounds of {args.requests} "
         f"sequential requests per scenario, {args.clients} clients for throughput\n"
     )
