@@ -22,8 +22,9 @@ ratio alike instead of landing on whichever scenario happened to run during it.
 
 ``--denoise`` chooses what the DiT replica's CPU does during a request:
 
-* ``cpu``: the real pipeline, all its steps on the CPU. That compute shares the machine with the
-  sink's encoding and the S3 server, so the measure includes how much one busy CPU slows its
+* ``pipeline``: the real pipeline, all its steps on ``--device``. On a GPU node that is the
+  measurement that counts. On the CPU (the default device) that compute shares the machine with
+  the sink's encoding and the S3 server, so the measure includes how much one busy CPU slows its
   neighbour: on the 2-vCPU VMs here that alone is several percent, with nothing of ray_dit
   involved, even with the denoise pinned to a CPU of its own (``benchmarks/cpu_neighbour.py``).
 * ``accelerator`` (the default): what a GPU replica's CPU sees. The replica waits
@@ -37,7 +38,7 @@ ratio alike instead of landing on whichever scenario happened to run during it.
   design without a separate drain would. The benchmark must flag it.
 
 Usage: python benchmarks/drain_isolation.py [--requests 30] [--rounds 3] [--clients 4]
-    [--model demo:flux-tiny] [--denoise accelerator|accelerator-blocking|cpu] [--accelerator-ms 60]
+    [--model demo:flux-tiny] [--denoise accelerator|accelerator-blocking|pipeline] [--device cpu] [--accelerator-ms 60]
 """
 
 from __future__ import annotations
@@ -115,11 +116,12 @@ def run_scenario(
     requests: int,
     clients: int,
     dit_class: type | None,
+    device: str,
 ) -> dict[str, float]:
     from ray import serve
 
     prefix = "/" + scenario.replace(" ", "-")
-    app = app_with_sink_env(model, env, max_queued_requests=64, dit_class=dit_class)
+    app = app_with_sink_env(model, env, max_queued_requests=64, dit_class=dit_class, device=device)
     serve.run(app, name=prefix.strip("/"), route_prefix=prefix)
     try:
         with httpx.Client(base_url=base_url + prefix, timeout=120) as http:
@@ -156,9 +158,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--model", default="demo:flux-tiny")
     parser.add_argument(
-        "--denoise", choices=("accelerator", "accelerator-blocking", "cpu"), default="accelerator"
+        "--denoise", choices=("accelerator", "accelerator-blocking", "pipeline"), default="accelerator"
     )
     parser.add_argument("--accelerator-ms", type=float, default=60.0)
+    parser.add_argument("--device", default="cpu", help="the DiT replica's device (cuda on a GPU node)")
     args = parser.parse_args()
     dit_class = None
     if args.denoise.startswith("accelerator"):
@@ -197,6 +200,7 @@ def main() -> None:
                         args.requests,
                         args.clients,
                         dit_class,
+                        args.device,
                     )
                     print(f"  round {r + 1}: {scenario} done", file=sys.stderr)
                 rounds.append(results)

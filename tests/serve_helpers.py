@@ -19,7 +19,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def app_with_sink_env(model: str, sink_env: dict[str, str], max_queued_requests: int = 8, dit_class=None):
+def app_with_sink_env(
+    model: str, sink_env: dict[str, str], max_queued_requests: int = 8, dit_class=None, device: str = "cpu"
+):
     """The builder's graph, with storage settings given to the sink replica only (and, for
     benchmarks, another class in the DiT deployment)."""
     from ray_dit.serve.dit import DiTDeployment
@@ -31,9 +33,11 @@ def app_with_sink_env(model: str, sink_env: dict[str, str], max_queued_requests:
     sink = FrameSinkDeployment.options(
         ray_actor_options={"num_cpus": 0.5, "num_gpus": 0, "runtime_env": {"env_vars": sink_env}}
     ).bind()
-    options = {"func_or_class": dit_class} if dit_class is not None else {}
+    options: dict = {"func_or_class": dit_class} if dit_class is not None else {}
+    if device.startswith("cuda"):
+        options["ray_actor_options"] = {"num_gpus": 1}
     dit = DiTDeployment.options(max_queued_requests=max_queued_requests, **options).bind(
-        model, "cpu", "auto", jobs, sink
+        model, device, "auto", jobs, sink
     )
     return Ingress.bind(dit, sink, jobs, model)
 
