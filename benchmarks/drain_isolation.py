@@ -44,6 +44,7 @@ Usage: python benchmarks/drain_isolation.py [--requests 30] [--rounds 3] [--clie
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -71,9 +72,6 @@ def sink_env(scenario: str, proxy: FaultProxy, bucket: str, spool: str) -> dict[
 
 def accelerator_dit(wait_s: float, blocking: bool = False) -> type:
     """The DiT replica class with its engine's compute standing in for a GPU's (see above)."""
-    import dataclasses
-    import time as _time
-
     from ray_dit.api import GenerationRequest
     from ray_dit.serve.dit import DiTDeployment
 
@@ -83,10 +81,10 @@ def accelerator_dit(wait_s: float, blocking: bool = False) -> type:
             template = self.engine.generate(GenerationRequest(prompt="a red circle"))
 
             def generate(request: GenerationRequest, **_: object) -> object:
-                started = _time.perf_counter()
-                _time.sleep(wait_s)  # the CPU thread idles while the accelerator denoises
+                started = time.perf_counter()
+                time.sleep(wait_s)  # the CPU thread idles while the accelerator denoises
                 frames = template.frames.copy()  # then the device-to-host copy of the frames
-                timings = {**template.timings, "total_s": _time.perf_counter() - started}
+                timings = {**template.timings, "total_s": time.perf_counter() - started}
                 result = dataclasses.replace(
                     template, frames=frames, seed=request.seed, request_id=request.request_id, timings=timings
                 )
@@ -144,8 +142,9 @@ def run_scenario(
         "median": statistics.median(ordered),
         "p90": ordered[int(0.9 * (len(ordered) - 1))],
         # The replica's time outside the engine: receiving the request and handing the frames
-        # over. Storage could only ever slow the replica here (the engine is pure compute, slowed
-        # only by CPU contention), so this is the isolation measure that noise does not swamp.
+        # over. Storage could only ever slow the replica here (the engine is the denoise, or the
+        # accelerator's wait, which CPU contention alone can slow), so this is the isolation
+        # measure that noise does not swamp.
         "handoff": statistics.median(t["replica_s"] - t["total_s"] for t in timings),
         "throughput": throughput,
     }
