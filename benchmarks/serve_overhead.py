@@ -36,7 +36,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SERVE_MODES = {  # explicit both ways, so a variable exported in the shell cannot mix them
     "default": {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"},
-    "high-throughput": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    "high-throughput": {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        # Behind HAProxy an ingress replica that stops stays reachable this long (default 30 s)
+        # for clients of older HAProxy processes; this throwaway cluster has none to wait for.
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+    },
 }
 PROMPTS = {"demo:shapes": "a yellow triangle on a purple background"}
 
@@ -121,7 +127,8 @@ BREAKDOWN = (
 
 def serve_floor(url: str, n: int, frame_bytes: int = 0, encoded_bytes: int = 0) -> list[float]:
     """Ray Serve's own cost for the same shape with no work: proxy -> ingress -> A, then A's
-    response passed to B (what ray_dit does with the DiT and the sink). With payload sizes, A
+    result's ObjectRef passed to B (what ray_dit does with the DiT and the sink). With payload
+    sizes, A
     returns ``frame_bytes`` (the frames), B returns ``encoded_bytes`` (the encoded image) and the
     ingress answers it base64-encoded in JSON, as ray_dit's b64_json response does."""
     import httpx
@@ -148,8 +155,7 @@ def serve_floor(url: str, n: int, frame_bytes: int = 0, encoded_bytes: int = 0) 
 
         @floor_app.post("/two")
         async def two(self) -> dict:
-            made = self.work.make.remote()
-            await made._to_object_ref()
+            made = await self.work.make.remote()._to_object_ref()
             return {"b64": base64.b64encode(await self.take.take.remote(made)).decode("ascii")}
 
     serve.run(Front.bind(Work.bind(), Take.bind()), name="floor", route_prefix="/floor")

@@ -9,13 +9,20 @@ from ray_dit.api import GenerationRequest
 from ray_dit.serve.flow import Flow
 
 
+class FakeObjectRef:
+    """What ``_to_object_ref`` gives once the DiT accepted: the frames, when they exist."""
+
+    def __init__(self, task: asyncio.Future) -> None:
+        self.task = task
+
+
 class FakeDiTResponse:
     def __init__(self, denoise_s: float) -> None:
         self.cancelled = False
-        self.task = asyncio.ensure_future(asyncio.sleep(denoise_s, result="frames-ref"))
+        self.task = asyncio.ensure_future(asyncio.sleep(denoise_s, result="frames"))
 
-    async def _to_object_ref(self) -> str:
-        return "assigned-ref"
+    async def _to_object_ref(self) -> FakeObjectRef:
+        return FakeObjectRef(self.task)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -27,8 +34,8 @@ class FakeSink:
         self.store_s = store_s
         self.stored: list[str] = []
 
-    async def _store(self, response: FakeDiTResponse, *args: object) -> str:
-        frames = await response.task  # raises CancelledError if the denoise was cancelled
+    async def _store(self, ref: FakeObjectRef, *args: object) -> str:
+        frames = await ref.task  # like Ray resolving the argument: fails if the denoise was cancelled
         await asyncio.sleep(self.store_s)
         self.stored.append(frames)
         return "stored"
@@ -71,7 +78,7 @@ def test_caller_gone_after_denoise_still_stores_the_output():
     flow, sink, made = _flow(denoise_s=0.01, store_s=0.2)
     _cancel_caller_after(flow, 0.1)  # the denoise finished; the sink is still storing
     assert made[0].cancelled  # asked, but too late to matter: the frames were ready
-    assert sink.stored == ["frames-ref"]
+    assert sink.stored == ["frames"]
     assert flow.task is not None and flow.task.result() == "stored"
 
 
