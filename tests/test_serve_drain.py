@@ -308,3 +308,47 @@ def test_requests_are_served_during_an_outage(ray_serve, tmp_path):
             assert not _quarantined(spool)
         finally:
             serve.delete(app)
+
+
+def test_sink_replica_killed_while_a_denoise_runs(ray_serve, tmp_path):
+    """The sink call is routed while the DiT denoises; when that sink replica dies meanwhile, the
+    call goes to its successor once the frames exist, and the finished output is still returned
+    and stored (no client retry)."""
+    import concurrent.futures
+
+    import ray
+    from ray import serve
+
+    app = "drainmid"
+    spool = tmp_path / "spool"
+    serve.run(_app({"RAY_DIT_SPOOL_DIR": str(spool)}), name=app, route_prefix=f"/{app}")
+    try:
+        base = f"{ray_serve.url}/{app}"
+        body = {
+            "prompt": "slow",
+            "size": "256x256",
+            "num_inference_steps": 200,
+            "response_format": "b64_json",
+        }
+        with (
+            httpx.Client(base_url=base, timeout=120) as http,
+            concurrent.futures.ThreadPoolExecutor(1) as pool,
+        ):
+            assert http.post("/v1/images/generations", json={"prompt": "warm"}).status_code == 200
+            replicas = _sink_replicas(app)
+            assert len(replicas) == 1, replicas
+            name, namespace = replicas[0]
+            slow = pool.submit(http.post, "/v1/images/generations", json=body)
+            time.sleep(0.5)  # the request is in the DiT: 200 steps at 256x256 take seconds here
+            assert not slow.done(), "precondition: the denoise must outlive the kill"
+            ray.kill(ray.get_actor(name, namespace=namespace), no_restart=False)
+            resp = slow.result(timeout=110)
+            assert resp.status_code == 200, resp.text
+            data = base64.b64decode(resp.json()["data"][0]["b64_json"])
+            assert data[:4] == b"\x89PNG"
+            now = _sink_replicas(app)
+            assert now and name not in {n for n, _ in now}, "the successor stored it"
+            stored = http.get(f"/v1/images/{resp.json()['id']}_0/content")
+            assert stored.status_code == 200 and stored.content == data
+    finally:
+        serve.delete(app)
