@@ -229,6 +229,28 @@ def test_storage_off_keeps_outputs_locally(tmp_path: Path, sinks: list) -> None:
     assert table.column("storage").to_pylist() == ["local", "local"]
 
 
+def test_outputs_of_one_request_are_stored_side_by_side_in_order(tmp_path: Path, sinks: list) -> None:
+    """n outputs encode and spool in parallel threads; each keeps its own index, key and pixels."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    sink = FrameSink(StorageSettings(spool_dir=str(tmp_path)))
+    sinks.append(sink)
+    result = image_result("reqmany", n=4, size=(64, 48))
+    out = sink.store(result, include_data=True)
+    assert [o.index for o in out] == [0, 1, 2, 3]
+    assert len({o.key for o in out}) == 4 and all(o.key.endswith(f"reqmany_{o.index}.png") for o in out)
+    for o in out:
+        pixels = np.asarray(Image.open(io.BytesIO(o.data)).convert("RGB"))
+        assert np.array_equal(pixels, result.frames[o.index, 0]), f"output {o.index} holds other pixels"
+        assert sink.content("reqmany", o.index) == (o.data, "image/png")
+    sink.close()
+    table = ds.dataset(tmp_path / "manifest", format="parquet").to_table()
+    assert sorted(table.column("output_index").to_pylist()) == [0, 1, 2, 3]
+
+
 class _Capture(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 import uuid
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +39,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _REMEMBER_KEYS = 100_000
+ENCODE_THREADS = 4  # = the default RAY_DIT_MAX_N: a request's outputs encode side by side
 CONTENT_TYPES = {extension: content_type for content_type, extension in FORMAT_INFO.values()}
+
+
+@dataclass(frozen=True)
+class _RequestFacts:
+    """What every output of one request shares."""
+
+    request_id: str
+    fmt: str
+    when: datetime
+    cache_json: str
+    timings_json: str
+    include_data: bool
 
 
 class FrameSink:
@@ -66,6 +82,7 @@ class FrameSink:
         self._store: S3Store | None = None
         self._uploader: Uploader | None = None
         self._manifest_thread: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None
         self._stop = threading.Event()
         if settings.s3_enabled:
             from ray_dit.sink.s3 import S3Store, StorageError
@@ -151,87 +168,109 @@ class FrameSink:
         frames = result.frames
         if getattr(frames, "ndim", 0) != 5:
             raise ValueError("frames: must be uint8 [n_outputs, n_frames, H, W, 3]")
-        when = datetime.now(timezone.utc)  # one date for all outputs of a request
-        cache_json = json.dumps(result.cache.as_dict(), sort_keys=True)
-        timings_json = json.dumps(result.timings, sort_keys=True)
-        outputs = []
-        for index in range(frames.shape[0]):
-            started = time.perf_counter()
-            encoded = encode_output(frames[index], result.kind, fmt, result.fps)
-            encode_s = time.perf_counter() - started
-            key = keys.build_key(self.settings.key_prefix, request_id, index, encoded.extension, when)
-            row = {
-                "format": encoded.format,
-                "width": encoded.width,
-                "height": encoded.height,
-                "frames": encoded.frames,
-                "fps": encoded.fps,
-                "seed": result.seed,
-                "steps": result.steps,
-                "cache_stats": cache_json,
-                "timings": timings_json,
-                "denoise_s": result.timings.get("denoise_s"),
-                "encode_s": encode_s,
-            }
-            meta = {
-                "content_type": encoded.content_type,
-                "request_id": request_id,
-                "output_index": index,
-                "row": row,
-            }
-            started = time.perf_counter()
-            entry = self.spool.put(key, encoded.data, meta)
-            spool_s = time.perf_counter() - started
-            with self._lock:
-                self._known[(request_id, index)] = (key, encoded.content_type)
-                self._known.move_to_end((request_id, index))
-                while len(self._known) > _REMEMBER_KEYS:
-                    self._known.popitem(last=False)
-            if self._uploader is not None:
-                self._uploader.notify(entry)
-            else:
-                self.manifest.record(
-                    {
-                        **row,
-                        "request_id": request_id,
-                        "output_index": index,
-                        "key": key,
-                        "storage": "local",
-                        "bytes": entry.size,
-                        "md5": entry.md5,
-                        "content_type": entry.content_type,
-                        "created": entry.created,
-                    },
-                    durable=False,  # the local store is a cache: its rows need no disk flush
-                )
-            outputs.append(
-                StoredOutput(
-                    request_id=request_id,
-                    index=index,
-                    key=key,
-                    format=encoded.format,
-                    content_type=encoded.content_type,
-                    extension=encoded.extension,
-                    num_bytes=entry.size,
-                    md5=entry.md5,
-                    width=encoded.width,
-                    height=encoded.height,
-                    frames=encoded.frames,
-                    fps=encoded.fps,
-                    storage="s3" if self.s3_enabled else "local",
-                    url=None,
-                    local_path=str(entry.data_path),
-                    encode_s=encode_s,
-                    spool_s=spool_s,
-                    created=entry.created,
-                    data=encoded.data if include_data else None,
-                )
-            )
+        facts = _RequestFacts(
+            request_id=request_id,
+            fmt=fmt,
+            when=datetime.now(timezone.utc),  # one date for all outputs of a request
+            cache_json=json.dumps(result.cache.as_dict(), sort_keys=True),
+            timings_json=json.dumps(result.timings, sort_keys=True),
+            include_data=include_data,
+        )
+        count = frames.shape[0]
+        if count == 1 or fmt == "jpeg":
+            # JPEG takes a few ms even at 1024x1024: threads would cost more than they save.
+            outputs = [self._store_one(result, i, facts) for i in range(count)]
+        else:
+            # The PNG, WebP and MP4 encoders release the GIL, so n outputs encode side by side:
+            # with the cores for it, an n=4 request is stored in about one output's time
+            # (benchmarks/sink_store.py).
+            outputs = list(self._encode_pool().map(lambda i: self._store_one(result, i, facts), range(count)))
         if wait_url_s > 0 and self._uploader is not None:
             deadline = time.monotonic() + wait_url_s
             for out in outputs:
                 out.url = self.wait_url(out.key, max(0.0, deadline - time.monotonic()))
         return outputs
+
+    def _store_one(self, result: GenerationResult, index: int, facts: _RequestFacts) -> StoredOutput:
+        """Encode and spool output ``index``: each output is acknowledged on its own."""
+        request_id = facts.request_id
+        started = time.perf_counter()
+        encoded = encode_output(result.frames[index], result.kind, facts.fmt, result.fps)
+        encode_s = time.perf_counter() - started
+        key = keys.build_key(self.settings.key_prefix, request_id, index, encoded.extension, facts.when)
+        row = {
+            "format": encoded.format,
+            "width": encoded.width,
+            "height": encoded.height,
+            "frames": encoded.frames,
+            "fps": encoded.fps,
+            "seed": result.seed,
+            "steps": result.steps,
+            "cache_stats": facts.cache_json,
+            "timings": facts.timings_json,
+            "denoise_s": result.timings.get("denoise_s"),
+            "encode_s": encode_s,
+        }
+        meta = {
+            "content_type": encoded.content_type,
+            "request_id": request_id,
+            "output_index": index,
+            "row": row,
+        }
+        started = time.perf_counter()
+        entry = self.spool.put(key, encoded.data, meta)
+        spool_s = time.perf_counter() - started
+        with self._lock:
+            self._known[(request_id, index)] = (key, encoded.content_type)
+            self._known.move_to_end((request_id, index))
+            while len(self._known) > _REMEMBER_KEYS:
+                self._known.popitem(last=False)
+        if self._uploader is not None:
+            self._uploader.notify(entry)
+        else:
+            self.manifest.record(
+                {
+                    **row,
+                    "request_id": request_id,
+                    "output_index": index,
+                    "key": key,
+                    "storage": "local",
+                    "bytes": entry.size,
+                    "md5": entry.md5,
+                    "content_type": entry.content_type,
+                    "created": entry.created,
+                },
+                durable=False,  # the local store is a cache: its rows need no disk flush
+            )
+        return StoredOutput(
+            request_id=request_id,
+            index=index,
+            key=key,
+            format=encoded.format,
+            content_type=encoded.content_type,
+            extension=encoded.extension,
+            num_bytes=entry.size,
+            md5=entry.md5,
+            width=encoded.width,
+            height=encoded.height,
+            frames=encoded.frames,
+            fps=encoded.fps,
+            storage="s3" if self.s3_enabled else "local",
+            url=None,
+            local_path=str(entry.data_path),
+            encode_s=encode_s,
+            spool_s=spool_s,
+            created=entry.created,
+            data=encoded.data if facts.include_data else None,
+        )
+
+    def _encode_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=min(ENCODE_THREADS, os.cpu_count() or 1), thread_name_prefix="ray-dit-encode"
+                )
+            return self._pool
 
     # ---------------------------------------------------------------------------------------
     # URLs and status
@@ -337,6 +376,8 @@ class FrameSink:
             log.error("manifest flush at close failed: %s", exc.strerror or exc)
         if self._store is not None:
             self._store.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
     def __enter__(self) -> FrameSink:
         return self
