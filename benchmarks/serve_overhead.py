@@ -128,9 +128,9 @@ BREAKDOWN = (
 def serve_floor(url: str, n: int, frame_bytes: int = 0, encoded_bytes: int = 0) -> list[float]:
     """Ray Serve's own cost for the same shape with no work: proxy -> ingress -> A, then A's
     result's ObjectRef passed to B (what ray_dit does with the DiT and the sink). With payload
-    sizes, A
-    returns ``frame_bytes`` (the frames), B returns ``encoded_bytes`` (the encoded image) and the
-    ingress answers it base64-encoded in JSON, as ray_dit's b64_json response does."""
+    sizes, A returns ``frame_bytes`` (the frames), B returns ``encoded_bytes`` (the encoded
+    image) and the ingress answers it base64-encoded in JSON, as ray_dit's b64_json response
+    does."""
     import httpx
     from fastapi import FastAPI
     from ray import serve

@@ -66,9 +66,8 @@ class Flow:
         # The sink call is routed now, while the DiT denoises, with the frames' ObjectRef as its
         # argument: Ray itself sends it on the moment the frames exist (inlined into the call
         # when small; large ones the sink fetches from the object store, never through this
-        # process). Passing
-        # the DeploymentResponse instead would make Serve wait for the frames here, in Python,
-        # and only then route: 2 ms more per request on a 2-core box (docs/serving.md).
+        # process). Passing the DeploymentResponse instead would make Serve wait for the frames
+        # here, in Python, and only then route: 2 ms more per request on a 2-core box.
         return await self.sink.store.remote(
             self.frames_ref, self.output_format, self.include_data, self.wait_url
         )
