@@ -1,8 +1,8 @@
 """The frame sink deployment: a CPU pool wrapping :class:`ray_dit.sink.FrameSink`.
 
-The ingress calls ``store`` with the DiT's response as the argument, so Serve hands this replica
-the result's object reference and the frames travel DiT -> object store -> here, never through
-the ingress. Storing is shielded from cancellation: once frames have arrived they are encoded and
+The ingress calls ``store`` with the DiT result's object reference as the argument, so Ray
+starts the call here once the frames exist and they travel DiT -> object store -> here, never
+through the ingress. Storing is shielded from cancellation: once frames have arrived they are encoded and
 spooled even if the client that asked for them has gone.
 """
 
