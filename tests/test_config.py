@@ -142,6 +142,8 @@ INVALID = [
     ("RAY_DIT_SINK_NICE", "20", "0 (normal priority) to 19"),
     ("RAY_DIT_SINK_NICE", "-5", "0 (normal priority) to 19"),
     ("RAY_DIT_SINK_NICE", "low", "0 (normal priority) to 19"),
+    ("RAY_DIT_PNG_COMPRESS_LEVEL", "10", "0 (no compression, fastest) to 9"),
+    ("RAY_DIT_PNG_COMPRESS_LEVEL", "1.5", "0 (no compression, fastest) to 9"),
 ]
 
 

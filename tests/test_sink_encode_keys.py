@@ -45,6 +45,20 @@ def test_lossy_images_decode_with_the_right_size(fmt: str, ctype: str, ext: str,
     assert np.abs(np.asarray(image.convert("RGB")).astype(int) - 128).max() <= 3
 
 
+def test_png_level_trades_bytes_for_time_and_keeps_the_pixels() -> None:
+    """Level 0 stores the pixels uncompressed, level 9 squeezes them; both decode the same."""
+    y, x = np.mgrid[0:64, 0:96]
+    frames = np.stack([x * 2, y * 3, (x + y) % 256], -1).astype(np.uint8)[None]  # compressible
+    sizes = {}
+    for level in (0, 1, 9):
+        out = encode_output(frames, "image", "png", png_level=level)
+        decoded = np.asarray(Image.open(io.BytesIO(out.data)).convert("RGB"))
+        np.testing.assert_array_equal(decoded, frames[0])
+        sizes[level] = len(out.data)
+    assert sizes[0] > frames.nbytes  # stored, not deflated
+    assert sizes[9] <= sizes[1] < sizes[0] / 4, sizes
+
+
 def test_encoding_is_deterministic() -> None:
     frames = _frames(1, 16, 16)
     assert encode_output(frames, "image", "png").data == encode_output(frames, "image", "png").data

@@ -229,6 +229,28 @@ def test_storage_off_keeps_outputs_locally(tmp_path: Path, sinks: list) -> None:
     assert table.column("storage").to_pylist() == ["local", "local"]
 
 
+def test_png_compress_level_from_the_environment_reaches_the_stored_bytes(
+    tmp_path: Path, sinks: list
+) -> None:
+    import numpy as np
+
+    result = image_result("reqlevel", size=(48, 64))
+    result.frames[...] = (np.arange(64, dtype=np.uint8) * 4)[None, None, None, :, None]  # a ramp
+    stored = {}
+    for level in ("0", "9"):
+        settings = storage_from_env(
+            {"RAY_DIT_SPOOL_DIR": str(tmp_path / level), "RAY_DIT_PNG_COMPRESS_LEVEL": level}
+        )
+        assert settings.png_compress_level == int(level)
+        sink = FrameSink(settings)
+        sinks.append(sink)
+        stored[level] = sink.store(result, include_data=True)[0]
+    raw = result.frames.nbytes
+    assert stored["0"].num_bytes > raw > 10 * stored["9"].num_bytes, {
+        k: v.num_bytes for k, v in stored.items()
+    }
+
+
 def test_outputs_of_one_request_are_stored_side_by_side_in_order(tmp_path: Path, sinks: list) -> None:
     """n outputs encode and spool in parallel threads; each keeps its own index, key and pixels."""
     import io

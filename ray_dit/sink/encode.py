@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ray_dit.api import IMAGE_FORMATS, VIDEO_FORMATS
+from ray_dit.config import StorageSettings
 
 #: format -> (content type, file extension)
 FORMAT_INFO: dict[str, tuple[str, str]] = {
@@ -63,7 +64,12 @@ def resolve_format(kind: str, output_format: str | None) -> str:
 
 
 def encode_output(
-    frames: np.ndarray, kind: str, output_format: str | None = None, fps: int | None = None
+    frames: np.ndarray,
+    kind: str,
+    output_format: str | None = None,
+    fps: int | None = None,
+    *,
+    png_level: int = StorageSettings.png_compress_level,
 ) -> EncodedOutput:
     """Encode one output, uint8 ``[n_frames, H, W, 3]``, as an image or an MP4 video."""
     fmt = resolve_format(kind, output_format)
@@ -76,7 +82,7 @@ def encode_output(
     if kind == "image":
         if array.shape[0] != 1:
             raise ValueError(f"frames: an image output has exactly 1 frame, got {array.shape[0]}")
-        data = _encode_image(array[0], fmt)
+        data = _encode_image(array[0], fmt, png_level)
         height, width = array.shape[1:3]
         return EncodedOutput(data, fmt, content_type, extension, int(width), int(height), 1, None)
     rate = int(fps) if fps else DEFAULT_FPS
@@ -90,13 +96,13 @@ def encode_output(
     )
 
 
-def _encode_image(frame: np.ndarray, fmt: str) -> bytes:
+def _encode_image(frame: np.ndarray, fmt: str, png_level: int) -> bytes:
     from PIL import Image
 
     image = Image.fromarray(np.ascontiguousarray(frame), mode="RGB")
     buffer = io.BytesIO()
     if fmt == "png":
-        image.save(buffer, format="PNG", compress_level=6)
+        image.save(buffer, format="PNG", compress_level=png_level)
     elif fmt == "jpeg":
         image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
     else:

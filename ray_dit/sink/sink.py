@@ -195,7 +195,13 @@ class FrameSink:
         """Encode and spool output ``index``: each output is acknowledged on its own."""
         request_id = facts.request_id
         started = time.perf_counter()
-        encoded = encode_output(result.frames[index], result.kind, facts.fmt, result.fps)
+        encoded = encode_output(
+            result.frames[index],
+            result.kind,
+            facts.fmt,
+            result.fps,
+            png_level=self.settings.png_compress_level,
+        )
         encode_s = time.perf_counter() - started
         key = keys.build_key(self.settings.key_prefix, request_id, index, encoded.extension, facts.when)
         row = {
