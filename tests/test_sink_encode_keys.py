@@ -45,7 +45,7 @@ def test_lossy_images_decode_with_the_right_size(fmt: str, ctype: str, ext: str,
     assert np.abs(np.asarray(image.convert("RGB")).astype(int) - 128).max() <= 3
 
 
-def test_png_level_trades_bytes_for_time_and_keeps_the_pixels() -> None:
+def test_png_level_changes_the_bytes_and_keeps_the_pixels() -> None:
     """Level 0 stores the pixels uncompressed, level 9 squeezes them; both decode the same."""
     y, x = np.mgrid[0:64, 0:96]
     frames = np.stack([x * 2, y * 3, (x + y) % 256], -1).astype(np.uint8)[None]  # compressible
