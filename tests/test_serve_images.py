@@ -222,16 +222,53 @@ def test_client_disconnect_stops_the_denoise(app, http):
     assert waited < full / 3, f"waited {waited:.1f}s; the full denoise takes ~{full:.1f}s"
 
 
-def test_metrics_can_be_recorded(ray_serve):
-    from ray_dit.serve import metrics
+def _metric_lines(port: int) -> list[str]:
+    import urllib.request
 
-    metrics.requests_total().inc(tags={"endpoint": "/v1/models", "status": "200"})
-    metrics.rejected_total().inc(tags={"reason": "queue_full"})
-    metrics.cancelled_requests().inc()
-    metrics.denoise_seconds().observe(0.5)
-    metrics.steps_cached_ratio().observe(0.25)
-    metrics.sink_queue_depth().set(3)
-    metrics.sink_spool_bytes().set(1024)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return [line for line in resp.read().decode().splitlines() if line.startswith("ray_ray_dit_")]
+
+
+def test_metrics_of_this_app_reach_prometheus(app, http):
+    """A request answered, one refused and one cancelled show up in the node's Prometheus
+    endpoint, tagged by Serve with this application."""
+    import ray
+
+    ok = {"prompt": "x", "size": "64x64", "num_inference_steps": 2, "response_format": "b64_json"}
+    assert http.post("/v1/images/generations", json=ok).status_code == 200
+    assert http.post("/v1/images/generations", json={**ok, "size": "big"}).status_code == 400
+    slow = {**ok, "size": "768x768", "num_inference_steps": 200}
+    with pytest.raises(httpx.ReadTimeout):
+        http.post("/v1/images/generations", json=slow, timeout=1.0)
+    port = ray._private.worker._global_node.metrics_export_port
+    wanted = {
+        "answered": lambda line: (
+            line.startswith("ray_ray_dit_requests_total{")
+            and 'endpoint="/v1/images/generations"' in line
+            and 'status="200"' in line
+        ),
+        "refused": lambda line: (
+            line.startswith("ray_ray_dit_rejected_requests_total{") and 'reason="invalid_value"' in line
+        ),
+        "cancelled": lambda line: line.startswith("ray_ray_dit_cancelled_requests_total{"),
+        "denoise": lambda line: line.startswith("ray_ray_dit_denoise_seconds_count{"),
+        "cached ratio": lambda line: line.startswith("ray_ray_dit_steps_cached_ratio_count{"),
+        "spool bytes": lambda line: line.startswith("ray_ray_dit_sink_spool_bytes{"),
+        "sink queue": lambda line: line.startswith("ray_ray_dit_sink_queue_depth{"),
+    }
+    found: dict[str, str] = {}
+    deadline = time.monotonic() + 60  # the metrics agent exports every few seconds
+    while time.monotonic() < deadline and len(found) < len(wanted):
+        for line in _metric_lines(port):
+            if f'application="{APP}"' not in line:
+                continue
+            for name, matches in wanted.items():
+                if name not in found and matches(line):
+                    found[name] = line
+        if len(found) < len(wanted):
+            time.sleep(1)
+    assert set(found) == set(wanted), f"missing: {set(wanted) - set(found)}"
+    assert all(float(found[name].rsplit(" ", 1)[1]) >= 1 for name in ("answered", "refused", "denoise"))
 
 
 def _orphans_stored() -> int:
