@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from datetime import datetime, timezone
 
 import imageio.v3 as iio
@@ -88,6 +91,29 @@ def test_mp4_with_odd_sizes_is_padded_to_even() -> None:
     assert (out.width, out.height) == (22, 16)
     decoded = iio.imread(out.data, extension=".mp4", plugin="FFMPEG", index=None)
     assert decoded.shape == (3, 16, 22, 3)
+
+
+_FORK_PROBE = """
+import os, sys
+import numpy as np
+from ray_dit.sink.encode import encode_output
+os.register_at_fork(after_in_child=lambda: open(sys.argv[1], "a").close())
+encode_output(np.zeros((2, 16, 16, 3), np.uint8), "video", "mp4", fps=4)
+"""
+
+
+@pytest.mark.parametrize(("setting", "forks"), [(None, False), ("0", True)])
+def test_mp4_encoder_starts_ffmpeg_without_running_fork_handlers(tmp_path, setting, forks) -> None:
+    """The sink encodes inside a Ray worker full of gRPC threads, where a fork()ed child that runs
+    their fork handlers can abort before exec (a broken pipe under load, seen in CI). ffmpeg must
+    be started by vfork, which runs none. Python's own handlers are the ones a test can see; the
+    user's explicit ``IMAGEIO_FFMPEG_NO_PREVENT_SIGINT=0`` is kept, and shows the probe works."""
+    env = {k: v for k, v in os.environ.items() if k != "IMAGEIO_FFMPEG_NO_PREVENT_SIGINT"}
+    if setting is not None:
+        env["IMAGEIO_FFMPEG_NO_PREVENT_SIGINT"] = setting
+    marker = tmp_path / "forked"
+    subprocess.run([sys.executable, "-c", _FORK_PROBE, str(marker)], env=env, check=True, timeout=120)
+    assert marker.exists() is forks
 
 
 @pytest.mark.parametrize(

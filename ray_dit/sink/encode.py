@@ -8,6 +8,7 @@ the storage contract's "a retry rewrites identical bytes" true even when an outp
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,14 @@ JPEG_QUALITY = 92
 WEBP_QUALITY = 90
 MP4_QUALITY = 8  # imageio-ffmpeg's 0-10 scale; 8 is visually lossless for generated content
 DEFAULT_FPS = 16
+
+# imageio-ffmpeg starts ffmpeg with a Python ``preexec_fn`` (to keep Ctrl-C away from it) unless
+# this is set, and a ``preexec_fn`` makes CPython fork() the whole calling process. In a Ray worker
+# that process runs gRPC threads; the forked child runs their fork handlers, and under CPU load it
+# can abort before it reaches exec, so the encode fails with a broken pipe. Without it CPython
+# starts ffmpeg with vfork(), which runs no fork handlers. The price: a Ctrl-C sent to the
+# worker's process group reaches ffmpeg too, which only happens when that worker is stopping.
+os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")
 
 
 @dataclass(frozen=True)
