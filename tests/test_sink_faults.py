@@ -210,3 +210,61 @@ def test_backoff_is_exponential_jittered_and_bounded() -> None:
         ceiling = min(30.0, 0.5 * 2 ** (attempt - 1))
         assert ceiling / 2 <= delay <= ceiling
     assert len({backoff_delay(8, 0.5, 30.0, rng) for _ in range(20)}) > 1  # jittered
+
+
+def _failing_encoder(
+    monkeypatch: pytest.MonkeyPatch, failures: int, error: Exception | None = None
+) -> list[int]:
+    """The real encoder behind ``failures`` failures, by default OS-level ones (an ffmpeg child
+    that dies: no real part produces one on demand); returns the list of call numbers."""
+    import ray_dit.sink.sink as sink_module
+
+    real = sink_module.encode_output
+    calls: list[int] = []
+
+    def encode(*args: object, **kwargs: object) -> object:
+        calls.append(len(calls) + 1)
+        if len(calls) <= failures:
+            raise error or BrokenPipeError(32, "Broken pipe")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sink_module, "encode_output", encode)
+    return calls
+
+
+def test_an_encoder_that_fails_is_retried_and_the_output_kept(
+    tmp_path: Path, sinks: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import imageio.v3 as iio
+
+    from ray_dit.config import StorageSettings
+
+    calls = _failing_encoder(monkeypatch, failures=2)
+    sink = FrameSink(StorageSettings(spool_dir=str(tmp_path)))
+    sinks.append(sink)
+    result = sink_helpers.video_result("encretry")
+    out = sink.store(result, include_data=True)
+    assert len(calls) == 3 and len(out) == 1
+    stored = sink.content("encretry", 0)
+    assert stored is not None and stored == (out[0].data, "video/mp4")
+    decoded = iio.imread(stored[0], extension=".mp4", plugin="FFMPEG", index=None)
+    assert decoded.shape == result.frames.shape[1:]
+
+
+def test_an_encoder_that_keeps_failing_raises_and_spools_nothing(
+    tmp_path: Path, sinks: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ray_dit.config import StorageSettings
+    from ray_dit.sink.sink import ENCODE_ATTEMPTS
+
+    calls = _failing_encoder(monkeypatch, failures=ENCODE_ATTEMPTS)
+    sink = FrameSink(StorageSettings(spool_dir=str(tmp_path)))
+    sinks.append(sink)
+    with pytest.raises(BrokenPipeError):
+        sink.store(sink_helpers.video_result("encfail"))
+    assert len(calls) == ENCODE_ATTEMPTS
+    assert sink.content("encfail", 0) is None and sink.stats()["spool_entries"] == 0
+    bad = _failing_encoder(monkeypatch, failures=1, error=ValueError("frames: bad"))
+    with pytest.raises(ValueError, match="frames"):  # not an OS failure: raised at once
+        sink.store(sink_helpers.video_result("encbad"))
+    assert len(bad) == 1

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ray_dit.api import GenerationResult, StoredOutput
 from ray_dit.config import StorageSettings
 from ray_dit.sink import keys
-from ray_dit.sink.encode import FORMAT_INFO, encode_output, resolve_format
+from ray_dit.sink.encode import FORMAT_INFO, EncodedOutput, encode_output, resolve_format
 from ray_dit.sink.manifest import Manifest
 from ray_dit.sink.spool import Spool, split_key
 
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 _REMEMBER_KEYS = 100_000
 ENCODE_THREADS = 4  # = the default RAY_DIT_MAX_N: a request's outputs encode side by side
+ENCODE_ATTEMPTS = 3  # an encoder child process (ffmpeg) that fails to start or dies is retried
 CONTENT_TYPES = {extension: content_type for content_type, extension in FORMAT_INFO.values()}
 
 
@@ -191,17 +192,39 @@ class FrameSink:
                 out.url = self.wait_url(out.key, max(0.0, deadline - time.monotonic()))
         return outputs
 
+    def _encode(self, result: GenerationResult, index: int, facts: _RequestFacts) -> EncodedOutput:
+        """Encode output ``index``, retrying OS-level failures: the frames are a finished denoise,
+        and an ffmpeg child that could not start or died (out of processes or memory for a
+        moment) must not lose them. Bad frames or formats raise at once."""
+        attempt = 1
+        while True:
+            try:
+                return encode_output(
+                    result.frames[index],
+                    result.kind,
+                    facts.fmt,
+                    result.fps,
+                    png_level=self.settings.png_compress_level,
+                )
+            except OSError as exc:
+                if attempt >= ENCODE_ATTEMPTS:
+                    raise
+                log.warning(
+                    "encoding %s output %d as %s failed (attempt %d of %d), retrying: %s",
+                    facts.request_id,
+                    index,
+                    facts.fmt,
+                    attempt,
+                    ENCODE_ATTEMPTS,
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                )
+                attempt += 1
+
     def _store_one(self, result: GenerationResult, index: int, facts: _RequestFacts) -> StoredOutput:
         """Encode and spool output ``index``: each output is acknowledged on its own."""
         request_id = facts.request_id
         started = time.perf_counter()
-        encoded = encode_output(
-            result.frames[index],
-            result.kind,
-            facts.fmt,
-            result.fps,
-            png_level=self.settings.png_compress_level,
-        )
+        encoded = self._encode(result, index, facts)
         encode_s = time.perf_counter() - started
         key = keys.build_key(self.settings.key_prefix, request_id, index, encoded.extension, facts.when)
         row = {
