@@ -10,6 +10,9 @@ RAY_ENV = {
     "RAY_DEDUP_LOGS": "0",
     "TOKENIZERS_PARALLELISM": "false",
     "HF_HUB_OFFLINE": "1",
+    # Serve gives a new HTTP proxy 3 x 5 s to report ready, then kills it; a loaded 2-core CI
+    # box can take longer to start one, which failed every Serve test of a run.
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
 }
 
 
