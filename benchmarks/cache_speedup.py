@@ -25,8 +25,7 @@ import torch
 from ray_dit.api import GenerationRequest
 from ray_dit.config import CacheDitSettings
 from ray_dit.engine import Engine, EngineOptions
-from ray_dit.engine.demo_models import build_demo
-from ray_dit.engine.loader import DEMO_DEFAULTS
+from ray_dit.engine.registry import lookup
 
 SGLANG_DEFAULTS: dict[str, Any] = {}  # the env defaults: F1B0 W4 R0.24 MC3
 R09 = {"residual_diff_threshold": 0.9}
@@ -89,7 +88,8 @@ def count_block_calls(engine: Engine, request: GenerationRequest) -> int:
 
 
 def make_engine(model: str, fbc_threshold: float | None) -> Engine:
-    pipe = build_demo(model)
+    spec = lookup(model)
+    pipe = spec.build()
     pipe.set_progress_bar_config(disable=True)
     if fbc_threshold is not None:
         from diffusers import FirstBlockCacheConfig
@@ -99,7 +99,7 @@ def make_engine(model: str, fbc_threshold: float | None) -> Engine:
         EngineOptions(model=model, device="cpu"),
         cache_settings=CacheDitSettings(),
         pipeline=pipe,
-        defaults=DEMO_DEFAULTS[model],
+        defaults=spec.defaults,
     )
 
 

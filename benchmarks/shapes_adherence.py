@@ -33,9 +33,9 @@ from ray_dit.api import GenerationRequest
 from ray_dit.config import CacheDitSettings
 from ray_dit.demo import shapes_world as world
 from ray_dit.demo.judge import Tally, judge
+from ray_dit.demo.random_models import build_flux_tiny
 from ray_dit.engine import Engine, EngineOptions
-from ray_dit.engine.demo_models import build_demo, build_flux_tiny
-from ray_dit.engine.loader import DEMO_DEFAULTS, ModelDefaults
+from ray_dit.engine.registry import ModelDefaults, lookup
 
 MODEL = "demo:shapes"
 STEPS = 28
@@ -167,7 +167,7 @@ def pct(x: float) -> str:
 
 
 def bench_adherence(quick: bool, runs: int) -> None:
-    defaults = DEMO_DEFAULTS[MODEL]
+    defaults = lookup(MODEL).defaults
     items = eval_prompts(quick)
     n_trained = sum(not h for _, _, h in items)
     print(
@@ -182,7 +182,7 @@ def bench_adherence(quick: bool, runs: int) -> None:
     baseline_frames: list[np.ndarray] | None = None
     baseline_calls = 0
     for case in CASES:
-        engine = make_engine(build_demo(MODEL), defaults, case.fbc_threshold)
+        engine = make_engine(lookup(MODEL).build(), defaults, case.fbc_threshold)
         row, frames = run_case(engine, case, items, baseline_frames)
         if baseline_frames is None:
             baseline_frames, baseline_calls = frames, int(row.skipped)
@@ -306,7 +306,7 @@ def bench_crossover(runs: int, quick: bool) -> None:
             EngineOptions(model="demo:flux-tiny", device="cpu"),
             cache_settings=CacheDitSettings(),
             pipeline=pipe,
-            defaults=ModelDefaults(size, size, STEPS, None, 16, 32),
+            defaults=ModelDefaults(width=size, height=size, steps=STEPS, max_sequence_length=32),
         )
         params = sum(p.numel() for p in pipe.transformer.parameters())
         blocks = overrides["num_layers"] + overrides["num_single_layers"]

@@ -11,8 +11,10 @@ import torch
 
 from ray_dit.api import GenerationRequest
 from ray_dit.config import CacheDitSettings, ConfigError, DBCacheKnobs
-from ray_dit.engine import Engine, EngineOptions, GenerationCancelled
-from ray_dit.engine.demo_models import build_demo
+from ray_dit.engine import Engine, EngineOptions
+from ray_dit.engine.cache_dit_compat import remembered_configs
+from ray_dit.engine.registry import lookup
+from ray_dit.errors import RequestCancelled
 
 # Random weights move a lot between steps: a high threshold is what makes them cache at all.
 CACHING = CacheDitSettings(enabled=True, primary=DBCacheKnobs(rdt=0.9, warmup=2))
@@ -35,7 +37,7 @@ def flux() -> Engine:
 
 def plain_diffusers_frames(model: str, **call: object) -> np.ndarray:
     """The same request through an untouched diffusers pipeline, converted like the engine does."""
-    pipe = build_demo(model)
+    pipe = lookup(model).build()
     pipe.set_progress_bar_config(disable=True)
     seed = call.pop("seed")
     with torch.inference_mode():
@@ -221,7 +223,7 @@ def test_same_decisions_and_output_as_cache_dit_alone():
     import cache_dit
     from cache_dit import DBCacheConfig, TaylorSeerCalibratorConfig
 
-    pipe = build_demo("demo:flux-tiny")
+    pipe = lookup("demo:flux-tiny").build()
     pipe.set_progress_bar_config(disable=True)
     mask = cache_dit.steps_mask(total_steps=12, mask_policy="fast")
     config = DBCacheConfig(
@@ -342,7 +344,7 @@ def test_bad_requests_name_the_field(flux):
 
 def test_cancel_stops_at_a_step_and_the_engine_stays_usable(flux):
     seen = []
-    with pytest.raises(GenerationCancelled):
+    with pytest.raises(RequestCancelled):
         flux.generate(
             GenerationRequest(prompt="p", seed=0, enable_cache_dit=True, cache_dit_params=CACHING_PARAMS),
             on_step=lambda step, total: seen.append(step),
@@ -381,7 +383,7 @@ def test_concurrent_callers_are_serialised(flux):
 
 
 def test_loads_any_diffusers_pipeline_from_a_local_path(tmp_path):
-    build_demo("demo:flux-tiny").save_pretrained(tmp_path / "flux")
+    lookup("demo:flux-tiny").build().save_pretrained(tmp_path / "flux")
     engine = Engine(EngineOptions(model=str(tmp_path / "flux"), device="cpu"), cache_settings=CACHING)
     request = GenerationRequest(prompt="a red circle", seed=0, width=64, height=64, num_inference_steps=6)
     # A pipeline from disk has no demo defaults: the text length comes from the pipeline itself.
@@ -391,7 +393,17 @@ def test_loads_any_diffusers_pipeline_from_a_local_path(tmp_path):
 
 
 def test_unknown_model_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown demo model"):
+    with pytest.raises(ValueError, match="unknown built-in model"):
         fresh_engine("demo:nope")
     with pytest.raises(ValueError, match="could not be loaded"):
         fresh_engine("/nonexistent/path/to/model")
+
+
+def test_cache_dit_internals_are_where_compat_expects():
+    """``engine/cache_dit_compat.py`` touches cache-dit's private state: fail loudly if it moved."""
+    engine = fresh_engine(settings=CACHING)
+    engine.generate(GenerationRequest(prompt="a red circle", num_inference_steps=4))
+    remembered = remembered_configs(engine.pipe.transformer)
+    assert remembered, "cache-dit no longer keeps per-context init kwargs where compat reads them"
+    for kwargs in remembered:
+        assert {"cache_config", "calibrator_config"} <= set(kwargs)

@@ -103,12 +103,12 @@ class FakeEngine:
         import numpy as np
 
         from ray_dit.api import GenerationResult
-        from ray_dit.engine import GenerationCancelled
+        from ray_dit.errors import RequestCancelled
 
         for step in range(self.steps):
             time.sleep(self.step_s)
             if should_cancel and should_cancel():
-                raise GenerationCancelled(f"after step {step + 1}")
+                raise RequestCancelled(f"after step {step + 1}")
         time.sleep(self.decode_s)
         return GenerationResult(
             frames=np.zeros((1, 1, 16, 16, 3), np.uint8), kind="image", seed=1, steps=self.steps

@@ -21,6 +21,7 @@ import torch
 
 from ray_dit.api import CacheStats
 from ray_dit.config import CacheDitSettings, DBCacheKnobs
+from ray_dit.engine.cache_dit_compat import replace_remembered_configs
 from ray_dit.engine.scm import steps_mask
 
 # cache-dit logs every mount and refresh at INFO; a server wants only its warnings.
@@ -143,7 +144,7 @@ class CacheDitController:
             self._mount(plan)
         for index, transformer in enumerate(self.transformers):
             cache_config, calibrator = self._configs(plan, index)
-            _replace_remembered_configs(transformer, cache_config, calibrator)
+            replace_remembered_configs(transformer, cache_config, calibrator)
             cache_dit.refresh_context(transformer, cache_config=cache_config, calibrator_config=calibrator)
 
     # -- statistics -----------------------------------------------------------------------
@@ -166,20 +167,6 @@ class CacheDitController:
         if len(per_expert) == 1:
             return per_expert[0]
         return _merge_experts(per_expert[0], per_expert[1])
-
-
-def _replace_remembered_configs(transformer: torch.nn.Module, cache_config: Any, calibrator: Any) -> None:
-    """Make ``refresh_context`` rebuild each context from exactly this request's configs.
-
-    cache-dit's refresh merges the new config into the one remembered from the previous request
-    and skips ``None`` fields, so a request without SCM would inherit the previous request's mask.
-    Replacing the remembered configs first turns the merge into a plain replacement.
-    """
-    manager = transformer._context_manager
-    for name in getattr(transformer, "_context_names", []):
-        remembered = manager.get_context(name)._init_kwargs
-        remembered["cache_config"] = copy.deepcopy(cache_config)
-        remembered["calibrator_config"] = copy.deepcopy(calibrator)
 
 
 def _merge_experts(high: CacheStats, low: CacheStats) -> CacheStats:

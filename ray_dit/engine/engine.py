@@ -12,9 +12,11 @@ import numpy as np
 import torch
 
 from ray_dit.api import GenerationRequest, GenerationResult
-from ray_dit.config import CacheDitSettings, ConfigError, cache_dit_from_env
+from ray_dit.config import CacheDitSettings, cache_dit_from_env
 from ray_dit.engine.cache import CacheDitController
-from ray_dit.engine.loader import ModelDefaults, call_parameters, is_video_pipeline, load_pipeline
+from ray_dit.engine.loader import call_parameters, is_video_pipeline, load_pipeline
+from ray_dit.engine.registry import ModelDefaults
+from ray_dit.errors import InvalidRequest, RequestCancelled
 
 StepCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
@@ -23,10 +25,6 @@ CancelCheck = Callable[[], bool]
 # and when they do it. cache-dit must know, or it counts each call as a step.
 _TRUE_CFG_PREFIXES = ("Flux", "QwenImage", "Chroma")
 _GUIDANCE_CFG_PREFIXES = ("Wan", "HunyuanVideo15", "CogView4", "Cosmos", "SkyReelsV2", "Lumina2")
-
-
-class GenerationCancelled(RuntimeError):
-    """The caller went away; the denoise stopped at a step boundary."""
 
 
 @dataclass(frozen=True)
@@ -66,39 +64,46 @@ class Engine:
     # -- request shaping ------------------------------------------------------------------
 
     def resolve(self, request: GenerationRequest) -> GenerationRequest:
-        """Fill the model's defaults and check what only the engine can check."""
+        """Fill the model's defaults and check what only the engine can check (InvalidRequest)."""
         d = self.defaults
-        width = request.width if request.width is not None else d.width
-        height = request.height if request.height is not None else d.height
         steps = request.num_inference_steps
         if steps is None:
             steps = d.steps or int(self._params["num_inference_steps"].default)
         frames = request.num_frames
         if self.kind == "video" and frames is None:
             frames = d.num_frames or int(self._params["num_frames"].default)
-        problems = []
-        m = self.options.size_multiple
-        for name, value in (("width", width), ("height", height)):
-            if value is not None and (value <= 0 or value % m):
-                problems.append(f"{name}={value}: must be a positive multiple of {m}")
-        if steps < 1:
-            problems.append(f"num_inference_steps={steps}: must be >= 1")
-        if request.n < 1:
-            problems.append(f"n={request.n}: must be >= 1")
-        if self.kind == "video" and frames is not None and (frames < 1 or (frames - 1) % 4):
-            problems.append(f"num_frames={frames}: must be 4k+1 (1, 5, 9, 13, ...)")
-        if self.kind == "image" and request.num_frames not in (None, 1):
-            problems.append(f"num_frames={request.num_frames}: this model generates images")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return request.replace(
-            width=width,
-            height=height,
+        resolved = request.replace(
+            width=request.width if request.width is not None else d.width,
+            height=request.height if request.height is not None else d.height,
             num_inference_steps=steps,
             num_frames=frames if self.kind == "video" else None,
             fps=(request.fps or d.fps) if self.kind == "video" else None,
             **d.cfg_fields(request),
         )
+        problems = self._problems(resolved, request.num_frames)
+        if problems:
+            raise InvalidRequest("; ".join(message for _, message in problems), problems[0][0])
+        return resolved
+
+    def _problems(self, request: GenerationRequest, asked_frames: int | None) -> list[tuple[str, str]]:
+        """(param, message) for each value this model cannot take."""
+        problems = []
+        m = self.options.size_multiple
+        for name, value in (("width", request.width), ("height", request.height)):
+            if value is not None and (value <= 0 or value % m):
+                problems.append(("size", f"{name}={value}: must be a positive multiple of {m}"))
+        if int(request.num_inference_steps or 0) < 1:
+            problems.append(
+                ("num_inference_steps", f"num_inference_steps={request.num_inference_steps}: must be >= 1")
+            )
+        if request.n < 1:
+            problems.append(("n", f"n={request.n}: must be >= 1"))
+        frames = request.num_frames
+        if self.kind == "video" and frames is not None and (frames < 1 or (frames - 1) % 4):
+            problems.append(("num_frames", f"num_frames={frames}: must be 4k+1 (1, 5, 9, 13, ...)"))
+        if self.kind == "image" and asked_frames not in (None, 1):
+            problems.append(("num_frames", f"num_frames={asked_frames}: this model generates images"))
+        return problems
 
     def settings_for(self, request: GenerationRequest) -> CacheDitSettings:
         """The environment's cache settings with the request's overrides (validated)."""
@@ -172,7 +177,7 @@ class Engine:
                 if on_step is not None:
                     on_step(index + 1, steps)
                 if should_cancel is not None and should_cancel():
-                    raise GenerationCancelled(f"cancelled after step {index + 1} of {steps}")
+                    raise RequestCancelled(f"cancelled after step {index + 1} of {steps}")
                 return tensors
 
             if "callback_on_step_end" in self._params:
@@ -209,6 +214,3 @@ def _to_uint8_frames(output: Any, kind: str) -> np.ndarray:
     if kind == "image":
         array = array[:, None]
     return (np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-
-
-__all__ = ["ConfigError", "Engine", "EngineOptions", "GenerationCancelled"]

@@ -1,48 +1,17 @@
-"""Load a diffusers pipeline (hub id, local path or built-in demo) onto a device."""
+"""Load a diffusers pipeline (a registered id, a hub id or a local path) onto a device."""
 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ray_dit.engine.demo_models import build_demo, is_demo
+from ray_dit.engine import registry
+from ray_dit.engine.registry import ModelDefaults
+from ray_dit.errors import InvalidRequest
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass(frozen=True)
-class ModelDefaults:
-    """Sampling defaults for a model when the request leaves a field out."""
-
-    width: int | None = None
-    height: int | None = None
-    steps: int | None = None
-    num_frames: int | None = None
-    fps: int = 16
-    max_sequence_length: int | None = None
-    true_cfg_scale: float | None = None  # used when the request leaves it out (true-CFG pipelines)
-    negative_prompt: str | None = None  # ditto; true CFG runs only when there is one
-
-    def cfg_fields(self, request: Any) -> dict[str, Any]:
-        """The CFG defaults for the fields ``request`` left out (None)."""
-        return {
-            k: getattr(self, k) for k in ("true_cfg_scale", "negative_prompt") if getattr(request, k) is None
-        }
-
-
-# The demo models are tiny: their natural size is small, and their text encoders were built for
-# short sequences.
-DEMO_DEFAULTS = {
-    # Trained at 64x64 with 12 T5 tokens; prompt adherence is measured with true CFG 4 vs "".
-    "demo:shapes": ModelDefaults(64, 64, 28, None, 16, 12, true_cfg_scale=4.0, negative_prompt=""),
-    "demo:flux-tiny": ModelDefaults(128, 128, 8, None, 16, 32),
-    "demo:flux-large": ModelDefaults(256, 256, 20, None, 16, 32),
-    "demo:wan-tiny": ModelDefaults(64, 64, 8, 9, 8, 32),
-    "demo:wan22-tiny": ModelDefaults(64, 64, 8, 9, 8, 32),
-}
 
 
 def resolve_device(device: str) -> str:
@@ -73,31 +42,38 @@ def dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
 
 
 def load_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> tuple[Any, ModelDefaults]:
-    """Build or load the pipeline and move it to ``device`` in ``dtype``."""
+    """Build a registered model or load a diffusers pipeline, on ``device`` in ``dtype``."""
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    if is_demo(model):
-        pipe = build_demo(model)
-        defaults = DEMO_DEFAULTS.get(model, ModelDefaults())
+    spec = registry.lookup(model)
+    if spec is not None:
+        pipe, defaults = spec.build(), spec.defaults
+        if torch_dtype != torch.float32:
+            pipe.to(dtype=torch_dtype)  # built-in weights are built in float32
+    elif registry.in_registered_namespace(model):  # "demo:typo" must not go to the hub
+        known = ", ".join(s.id for s in registry.registered())
+        raise InvalidRequest(f"model={model!r}: unknown built-in model; known models: {known}", "model")
     else:
-        from diffusers import DiffusionPipeline
-
-        try:
-            pipe = DiffusionPipeline.from_pretrained(model, **dtype_kwarg(torch_dtype))
-        except (OSError, ValueError) as exc:
-            raise ValueError(
-                f"model={model!r}: could not be loaded as a diffusers pipeline "
-                f"(a local directory with model_index.json, a hub id, or demo:<name>): {exc}"
-            ) from None
-        defaults = ModelDefaults(max_sequence_length=None)
-    if is_demo(model) and torch_dtype != torch.float32:
-        pipe.to(dtype=torch_dtype)  # demo weights are built in float32
+        pipe, defaults = _from_pretrained(model, torch_dtype), ModelDefaults()
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
             component.eval()
     return pipe, defaults
+
+
+def _from_pretrained(model: str, torch_dtype: torch.dtype) -> Any:
+    from diffusers import DiffusionPipeline
+
+    try:
+        return DiffusionPipeline.from_pretrained(model, **dtype_kwarg(torch_dtype))
+    except (OSError, ValueError) as exc:
+        raise InvalidRequest(
+            f"model={model!r}: could not be loaded as a diffusers pipeline "
+            f"(a local directory with model_index.json, a hub id, or a built-in id): {exc}",
+            "model",
+        ) from None
 
 
 def call_parameters(pipe: Any) -> dict[str, inspect.Parameter]:

@@ -21,8 +21,8 @@ from ray import serve
 
 from ray_dit.api import GenerationRequest, GenerationResult
 from ray_dit.config import ConfigError
+from ray_dit.errors import InvalidRequest, RequestCancelled
 from ray_dit.serve import metrics
-from ray_dit.serve.errors import InvalidRequest, RequestCancelled, param_from_message
 from ray_dit.serve.flow import detached
 from ray_dit.serve.types import ModelInfo
 
@@ -74,14 +74,12 @@ class DiTDeployment:
         return self.info
 
     def _validate(self, request: GenerationRequest) -> None:
-        """Engine-side checks before the request takes the denoise thread."""
+        """Engine-side checks before the request takes the denoise thread (InvalidRequest)."""
         try:
             self.engine.resolve(request)
             self.engine.settings_for(request)
         except ConfigError as exc:
             raise InvalidRequest("; ".join(exc.problems), "cache_dit_params") from None
-        except ValueError as exc:
-            raise InvalidRequest(str(exc), param_from_message(str(exc))) from None
 
     async def generate(self, request: GenerationRequest, job_id: str | None = None) -> GenerationResult:
         """Denoise one request; returns frames (through the object store) and stats."""
@@ -135,18 +133,12 @@ class DiTDeployment:
         return await self._sink.store.remote(result, output_format)
 
     def _run(self, request: GenerationRequest, on_step: Any, should_cancel: Any) -> GenerationResult:
-        from ray_dit.engine import GenerationCancelled
-
         if should_cancel():  # cancelled while it waited for the denoise thread
             raise RequestCancelled(f"{request.request_id} cancelled before it started")
         try:
             return self.engine.generate(request, on_step=on_step, should_cancel=should_cancel)
-        except GenerationCancelled as exc:
-            raise RequestCancelled(str(exc)) from None
         except ConfigError as exc:
             raise InvalidRequest("; ".join(exc.problems), "cache_dit_params") from None
-        except ValueError as exc:
-            raise InvalidRequest(str(exc), param_from_message(str(exc))) from None
 
     def _observe(self, result: GenerationResult) -> None:
         try:

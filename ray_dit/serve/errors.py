@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ray_dit.errors import InvalidRequest, RequestCancelled
+
 _PARAM_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.\[\]]*)\s*=")
 
 ERROR_TYPES = {
@@ -57,6 +59,9 @@ def _make_api_error(
     return ApiError(status, message, param=param, code=code, headers=headers)
 
 
+__all__ = ["ApiError", "InvalidRequest", "RequestCancelled", "error_body"]
+
+
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
     return {
         "error": {
@@ -66,29 +71,6 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
             "code": code,
         }
     }
-
-
-class InvalidRequest(ValueError):
-    """Raised by the DiT replica when only the engine could tell the request is wrong.
-
-    It crosses the actor boundary (Ray re-raises it on the caller as a subclass of this type), so
-    the ingress can answer 400 instead of 500.
-    """
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-
-    def __reduce__(self) -> tuple:
-        return (InvalidRequest, (self.message, self.param))
-
-
-class RequestCancelled(RuntimeError):
-    """The caller went away and the denoise stopped at a step boundary."""
-
-    def __reduce__(self) -> tuple:
-        return (RequestCancelled, tuple(self.args))
 
 
 def param_from_message(message: str, default: str | None = None) -> str | None:
