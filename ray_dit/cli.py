@@ -6,9 +6,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-from ray_dit.api import GenerationRequest, parse_size
-from ray_dit.config import ConfigError
+from ray_dit.api import GenerationRequest, GenerationResult, parse_size
+from ray_dit.errors import ConfigError
 
 EXTENSIONS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".mp4": "mp4"}
 
@@ -52,16 +53,8 @@ def _outputs(path: Path, n: int) -> list[Path]:
     return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(n)]
 
 
-def _generate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from ray_dit.engine import Engine, EngineOptions
-    from ray_dit.sink.encode import encode_output
-
-    output = Path(args.output)
-    fmt = EXTENSIONS.get(output.suffix.lower())
-    if fmt is None:
-        raise ValueError(f"--output={args.output!r}: the extension must be one of {', '.join(EXTENSIONS)}")
+def _request(args: argparse.Namespace, fmt: str) -> GenerationRequest:
+    """The command line as the engine's request (bad values: ValueError naming the option)."""
     width = height = None
     if args.size:
         width, height = parse_size(args.size)
@@ -71,8 +64,7 @@ def _generate(args: argparse.Namespace) -> int:
             params = json.loads(args.cache_params)
         except json.JSONDecodeError as exc:
             raise ValueError(f"--cache-params: not valid JSON ({exc.msg})") from None
-    engine = Engine(EngineOptions(model=args.model, device=args.device, dtype=args.dtype))
-    request = GenerationRequest(
+    return GenerationRequest(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
         n=args.n,
@@ -88,35 +80,34 @@ def _generate(args: argparse.Namespace) -> int:
         cache_dit_params=params,
         output_format=fmt,
     )
+
+
+def _run_with_progress(engine: Any, request: GenerationRequest) -> GenerationResult:
+    from tqdm import tqdm
+
     request = engine.resolve(request)
     bar = tqdm(total=request.num_inference_steps, desc="denoising", unit="step", file=sys.stderr)
-
-    def on_step(step: int, total: int) -> None:
-        bar.update(step - bar.n)
-
     try:
-        result = engine.generate(request, on_step=on_step)
+        return engine.generate(request, on_step=lambda step, total: bar.update(step - bar.n))
     finally:
         bar.close()
-    paths = _outputs(output, result.frames.shape[0])
-    for index, path in enumerate(paths):
-        encoded = encode_output(result.frames[index], result.kind, fmt, result.fps)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(encoded.data)
+
+
+def _report(args: argparse.Namespace, result: GenerationResult, paths: list[Path]) -> None:
     stats = result.cache
-    summary = {
-        "outputs": [str(p) for p in paths],
-        "model": args.model,
-        "size": f"{result.width}x{result.height}",
-        "frames": result.num_frames,
-        "steps": result.steps,
-        "seed": result.seed,
-        "timings": {k: round(v, 4) for k, v in result.timings.items()},
-        "cache": stats.as_dict(),
-    }
     if args.json:
+        summary = {
+            "outputs": [str(p) for p in paths],
+            "model": args.model,
+            "size": f"{result.width}x{result.height}",
+            "frames": result.num_frames,
+            "steps": result.steps,
+            "seed": result.seed,
+            "timings": {k: round(v, 4) for k, v in result.timings.items()},
+            "cache": stats.as_dict(),
+        }
         print(json.dumps(summary, indent=2))
-        return 0
+        return
     for path in paths:
         print(f"wrote {path}")
     print(f"denoise {result.timings['denoise_s']:.3f} s, total {result.timings['total_s']:.3f} s")
@@ -128,6 +119,25 @@ def _generate(args: argparse.Namespace) -> int:
         )
     else:
         print("cache: off (set SGLANG_CACHE_DIT_ENABLED=true or pass --cache)")
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from ray_dit.engine import Engine, EngineOptions
+    from ray_dit.sink.encode import encode_output
+
+    output = Path(args.output)
+    fmt = EXTENSIONS.get(output.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"--output={args.output!r}: the extension must be one of {', '.join(EXTENSIONS)}")
+    request = _request(args, fmt)
+    engine = Engine(EngineOptions(model=args.model, device=args.device, dtype=args.dtype))
+    result = _run_with_progress(engine, request)
+    paths = _outputs(output, result.frames.shape[0])
+    for index, path in enumerate(paths):
+        encoded = encode_output(result.frames[index], result.kind, fmt, result.fps)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encoded.data)
+    _report(args, result, paths)
     return 0
 
 
