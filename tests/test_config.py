@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
 import re
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from ray_dit.config import (
     SEED_DEFAULTS,
     CacheDitSettings,
-    ConfigError,
+    CacheOverrides,
     DBCacheKnobs,
+    ServerSettings,
+    StorageSettings,
     cache_dit_from_env,
     load_settings,
+    parse_overrides,
+    server_from_env,
     storage_from_env,
 )
+from ray_dit.errors import ConfigError, InvalidRequest
 
 SEED_DOC = Path(__file__).resolve().parents[2] / "shared" / "seed" / "sglang-diffusion-env-vars.md"
 
@@ -94,7 +102,10 @@ def test_every_seed_variable_takes_effect():
     st = s.storage
     assert st.s3_enabled and st.bucket == "outputs" and st.region == "eu-west-1"
     assert st.endpoint_url == "http://127.0.0.1:9000"
-    assert st.access_key_id == "AKIDEXAMPLE" and st.secret_access_key == "s3cr3t/value"
+    assert (
+        st.access_key_id.get_secret_value() == "AKIDEXAMPLE"
+        and st.secret_access_key.get_secret_value() == "s3cr3t/value"
+    )
 
 
 def test_secondary_twins_override_only_what_they_set():
@@ -200,21 +211,63 @@ def test_s3_without_bucket_is_an_error_not_a_silent_fallback():
         storage_from_env({"SGLANG_CLOUD_STORAGE_TYPE": "s3"})
 
 
-def test_secret_never_appears_in_repr_or_errors():
-    secret, key_id = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRET", "AKIAIOSFODNN7SECRETID"
-    settings = storage_from_env(
-        {
-            "SGLANG_CLOUD_STORAGE_TYPE": "s3",
-            "SGLANG_S3_BUCKET_NAME": "outputs",
-            "SGLANG_S3_ACCESS_KEY_ID": key_id,
-            "SGLANG_S3_SECRET_ACCESS_KEY": secret,
-        }
+SECRET, KEY_ID, API_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRET", "AKIAIOSFODNN7SECRETID", "sk-api-0123456789"
+SECRET_ENV = {
+    "SGLANG_CLOUD_STORAGE_TYPE": "s3",
+    "SGLANG_S3_BUCKET_NAME": "outputs",
+    "SGLANG_S3_ACCESS_KEY_ID": KEY_ID,
+    "SGLANG_S3_SECRET_ACCESS_KEY": SECRET,
+    "RAY_DIT_API_KEY": API_KEY,
+}
+
+
+def _renderings(obj: object) -> list[str]:
+    """Every way a settings object is commonly turned into text, asdict included."""
+    texts = [repr(obj), str(obj), f"{obj}", f"{obj!r}", "%s %r" % (obj, obj)]  # noqa: UP031
+    if dataclasses.is_dataclass(obj):
+        as_dict = dataclasses.asdict(obj)
+        texts += [repr(as_dict), str(as_dict), str(dataclasses.astuple(obj))]
+    return texts
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: storage_from_env(SECRET_ENV),
+        lambda: load_settings(SECRET_ENV),
+        lambda: server_from_env(SECRET_ENV),
+        lambda: StorageSettings(access_key_id=KEY_ID, secret_access_key=SECRET),  # plain str: wrapped
+        lambda: ServerSettings(api_key=API_KEY),
+        lambda: SecretStr(SECRET),
+    ],
+    ids=["storage", "load_settings", "server", "storage-from-str", "server-from-str", "secret"],
+)
+def test_secrets_never_appear_in_repr_str_format_or_asdict(make):
+    for text in _renderings(make()):
+        for value in (SECRET, KEY_ID, API_KEY):
+            assert value not in text, text
+
+
+def test_secrets_are_revealed_only_on_request_and_survive_pickling():
+    storage = pickle.loads(pickle.dumps(storage_from_env(SECRET_ENV)))
+    assert (
+        storage.access_key_id.get_secret_value() == KEY_ID
+        and storage.secret_access_key.get_secret_value() == SECRET
     )
-    for text in (repr(settings), str(settings), repr(load_settings({}))):
-        assert secret not in text and key_id not in text
+    assert server_from_env(SECRET_ENV).api_key.get_secret_value() == API_KEY
+    assert isinstance(StorageSettings(secret_access_key=SECRET).secret_access_key, SecretStr)
+    assert storage_from_env({}).access_key_id is None and server_from_env({}).api_key is None
+    assert ServerSettings(api_key="k").auth_enabled and not ServerSettings().auth_enabled
+
+
+def test_secrets_never_appear_in_errors():
     with pytest.raises(ConfigError) as err:
-        storage_from_env({"SGLANG_S3_SECRET_ACCESS_KEY": secret, "SGLANG_CLOUD_STORAGE_TYPE": "s3"})
-    assert secret not in str(err.value)
+        storage_from_env({"SGLANG_S3_SECRET_ACCESS_KEY": SECRET, "SGLANG_CLOUD_STORAGE_TYPE": "s3"})
+    assert SECRET not in str(err.value)
+    endpoint = "http://user:pw-" + SECRET + "@minio:9000"  # credentials in a URL are redacted too
+    with pytest.raises(ConfigError) as err:
+        storage_from_env({"SGLANG_S3_ENDPOINT_URL": endpoint})
+    assert "SGLANG_S3_ENDPOINT_URL=<redacted>: must be" in str(err.value) and SECRET not in str(err.value)
 
 
 # -- per-request overrides (SGLang's cache_dit_params key names) -----------------------------
@@ -222,20 +275,34 @@ def test_secret_never_appears_in_repr_or_errors():
 
 def test_request_overrides_beat_env_and_flow_to_secondary():
     env = cache_dit_from_env({"SGLANG_CACHE_DIT_SECONDARY_WARMUP": "1"})
-    s = env.with_overrides(
-        True,
-        {
-            "residual_diff_threshold": 0.12,
-            "Fn_compute_blocks": 2,
-            "scm_preset": "fast",
-            "secondary": {"max_warmup_steps": 2},
-        },
+    params = {
+        "residual_diff_threshold": 0.12,
+        "Fn_compute_blocks": 2,
+        "scm_preset": "fast",
+        "secondary": {"max_warmup_steps": 2},
+    }
+    overrides = parse_overrides(True, params)
+    assert overrides == CacheOverrides(
+        enable_cache_dit=True,
+        primary={"rdt": 0.12, "fn": 2},
+        secondary={"warmup": 2},
+        scm={"scm_preset": "fast"},
     )
+    s = env.with_overrides(overrides)
     assert s.enabled and s.primary.rdt == 0.12 and s.primary.fn == 2
     assert s.secondary.rdt == 0.12 and s.secondary.fn == 2 and s.secondary.warmup == 2
     assert s.scm_preset == "fast"
-    assert env.with_overrides(None, None) == env
-    assert env.with_overrides(False, None).enabled is False
+    assert parse_overrides(None, None) == CacheOverrides()
+    assert env.with_overrides(parse_overrides(None, None)) == env
+    assert env.with_overrides(parse_overrides(False, None)).enabled is False
+    assert env.with_overrides(parse_overrides("yes", {})).enabled is True
+
+
+def test_request_overrides_parse_strings_and_bins():
+    overrides = parse_overrides(
+        None, {"scm_compute_bins": ["4", 2], "scm_cache_bins": "1,3", "max_continuous_cached_steps": None}
+    )
+    assert overrides.scm == {"scm_compute_bins": (4, 2), "scm_cache_bins": (1, 3)}
 
 
 @pytest.mark.parametrize(
@@ -250,12 +317,29 @@ def test_request_overrides_beat_env_and_flow_to_secondary():
         ({"secondary": {"scm_preset": "fast"}}, "secondary has unknown keys"),
         ({"secondary": 3}, "secondary must be an object"),
         ({"enable_taylorseer": "sometimes"}, "enable_taylorseer='sometimes'"),
+        ([1, 2], "cache_dit_params must be an object"),
     ],
 )
 def test_bad_request_overrides_name_the_key(params, fragment):
-    with pytest.raises(ConfigError) as err:
-        CacheDitSettings().with_overrides(True, params)
-    assert fragment in str(err.value)
+    with pytest.raises(InvalidRequest) as err:
+        parse_overrides(True, params)
+    assert fragment in err.value.message and err.value.param == "cache_dit_params"
+
+
+def test_every_bad_override_is_named_at_once():
+    with pytest.raises(InvalidRequest) as err:
+        parse_overrides("maybe", {"taylorseer_order": 3, "secondary": {"residual_diff_threshold": 0}})
+    message = err.value.message
+    assert message.count("; ") == 2 and err.value.param == "cache_dit_params"
+    for fragment in ("enable_cache_dit='maybe'", "taylorseer_order=3", "secondary.residual_diff_threshold=0"):
+        assert fragment in message, message
+
+
+def test_a_bad_enable_flag_alone_is_blamed_on_enable_cache_dit():
+    with pytest.raises(InvalidRequest) as err:
+        parse_overrides("on", {"residual_diff_threshold": 0.1})
+    assert err.value.param == "enable_cache_dit"
+    assert err.value.message == "enable_cache_dit='on': must be one of true/false/1/0/yes/no (any case)"
 
 
 def test_describe_is_stable_and_informative():

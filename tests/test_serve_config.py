@@ -11,11 +11,10 @@ import yaml
 from pydantic import BaseModel
 from ray.serve.schema import ServeDeploySchema
 
-from ray_dit.config import SEED_DEFAULTS, ConfigError
+from ray_dit.config import SEED_DEFAULTS, ServeLimits, limits_from_mapping, server_from_env
+from ray_dit.errors import ConfigError
 from ray_dit.serve.app import build_app, parse_args
-from ray_dit.serve.errors import param_from_message
 from ray_dit.serve.schemas import ImageGenerationBody, form_to_dict, image_request, parse_body
-from ray_dit.serve.settings import ServeLimits, limits_from_mapping, server_from_env
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = [ROOT / "serve_config.yaml", ROOT / "examples" / "serve_config.gpu.yaml"]
@@ -136,9 +135,3 @@ def test_image_body_translation():
     req = image_request(body, "img_0123456789abcdef", ServeLimits(), None)
     assert (req.width, req.height, req.n, req.output_format) == (64, 32, 2, "png")
     assert req.seed == 1024  # the engine's default when the client gives none
-
-
-def test_param_from_message():
-    assert param_from_message("width=100: must be a positive multiple of 16") == "width"
-    assert param_from_message("cache_dit_params.residual_diff_threshold=-1: bad") == "cache_dit_params"
-    assert param_from_message("something else", "x") == "x"

@@ -1,0 +1,93 @@
+"""Settings of the HTTP edge: request limits, the API key and admission hints (``RAY_DIT_*``).
+
+Limits may also come from the builder's ``args.limits`` (they win over the environment), so one
+``serve_config.yaml`` states them next to the model. The API key only ever comes from the
+environment: it must not sit in a config file or travel as a task argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import SecretStr
+
+from ray_dit.config.parsers import int_at_least, matching
+from ray_dit.config.reader import EnvReader, as_secret, from_env, parse_items, read_env, secret_from_env
+from ray_dit.errors import ConfigError
+
+parse_base_url = matching(r"https?://.+", "an http:// or https:// URL", lambda text: text.rstrip("/"))
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one request may ask for, so no client holds a GPU for long; over one is a 400 (413)."""
+
+    max_pixels: int = from_env("RAY_DIT_MAX_PIXELS", int_at_least(1), 2048 * 2048)
+    """Width x height per output: up to 2048x2048."""
+    max_frames: int = from_env("RAY_DIT_MAX_FRAMES", int_at_least(1), 129)
+    """Frames per video."""
+    max_steps: int = from_env("RAY_DIT_MAX_STEPS", int_at_least(1), 200)
+    """``num_inference_steps``: far above any model's useful count, so only mistakes are refused."""
+    max_n: int = from_env("RAY_DIT_MAX_N", int_at_least(1), 4)
+    """Outputs per image request: ``n`` outputs hold one replica n times as long."""
+    max_prompt_chars: int = from_env("RAY_DIT_MAX_PROMPT_CHARS", int_at_least(1), 4096)
+    """Length of ``prompt`` and ``negative_prompt``: bounds the text a request has tokenized."""
+    max_body_bytes: int = from_env("RAY_DIT_MAX_BODY_BYTES", int_at_least(1), 1024 * 1024)
+    """Request body, refused with 413 as soon as it is over: bodies are JSON or small forms."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything the ingress needs besides the model."""
+
+    api_key: SecretStr | None = secret_from_env("RAY_DIT_API_KEY")  # noqa: RUF009 (a field())
+    """When set, every route but /health needs ``Authorization: Bearer <key>``; unset = open."""
+    limits: ServeLimits = field(default_factory=ServeLimits)
+    """Per-request limits: environment, then the builder's ``args.limits``."""
+    retry_after_s: int = from_env("RAY_DIT_RETRY_AFTER_S", int_at_least(1), 2)
+    """``Retry-After`` on a 503: a full queue frees a slot within about one request's time."""
+    public_base_url: str | None = from_env("RAY_DIT_PUBLIC_BASE_URL", parse_base_url, None)
+    """Base of the ``/content`` URLs the API returns; unset = the request's own (set it behind a proxy)."""
+    job_stale_s: int = from_env("RAY_DIT_VIDEO_JOB_STALE_S", int_at_least(1), 120)
+    """A running video job nobody reported on for this long (its ingress died) is failed."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "api_key", as_secret(self.api_key))  # a plain str never stays bare
+
+    @property
+    def job_heartbeat_s(self) -> float:
+        """How often the ingress owning a video job tells the job store it is alive."""
+        return max(0.5, min(10.0, self.job_stale_s / 4))
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_key)
+
+
+def limits_from_mapping(values: Mapping[str, Any] | None, base: ServeLimits | None = None) -> ServeLimits:
+    """Apply ``args.limits`` from the builder; ConfigError names each bad or unknown key."""
+    values = dict(values or {})
+    known = [f.name for f in dataclasses.fields(ServeLimits)]
+    problems = [
+        f"limits.{key}: unknown limit; allowed: {', '.join(known)}"
+        for key in sorted(set(values) - set(known))
+    ]
+    changes = parse_items(values, {key: int_at_least(1) for key in known}, "limits.", problems)
+    if problems:
+        raise ConfigError(problems, source="builder args")
+    return dataclasses.replace(base or ServeLimits(), **changes)
+
+
+def read_server(reader: EnvReader) -> ServerSettings:
+    return dataclasses.replace(reader.read(ServerSettings), limits=reader.read(ServeLimits))
+
+
+def server_from_env(
+    env: Mapping[str, str] | None = None, limit_overrides: Mapping[str, Any] | None = None
+) -> ServerSettings:
+    """Read the ``RAY_DIT_*`` edge settings, then apply the builder's limit overrides."""
+    settings = read_env(read_server, env)
+    return dataclasses.replace(settings, limits=limits_from_mapping(limit_overrides, settings.limits))
