@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ray_dit.api import GenerationRequest
-from ray_dit.config import CacheDitSettings
+from ray_dit.config import CacheDitSettings, parse_overrides
 from ray_dit.engine import Engine, EngineOptions
 from ray_dit.engine.registry import lookup
 
@@ -130,7 +130,7 @@ def bench_model(model: str, size: int, steps: int, runs: int) -> None:
         engines[case.fbc_threshold] = engine
         request = base_request
         if case.params is not None:
-            request = base_request.replace(enable_cache_dit=True, cache_dit_params=case.params)
+            request = base_request.replace(cache=parse_overrides(True, case.params))
         seconds, frames = time_runs(engine, request, runs)
         calls = count_block_calls(engine, request)
         if total_blocks is None:
@@ -159,8 +159,7 @@ def bench_overhead(model: str, size: int, steps: int, pairs: int) -> None:
         width=size,
         height=size,
         num_inference_steps=steps,
-        enable_cache_dit=True,
-        cache_dit_params=R09,
+        cache=parse_overrides(True, R09),
     )
     engine.generate(request)  # mounts cache-dit
 

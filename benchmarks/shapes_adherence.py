@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ray_dit.api import GenerationRequest
-from ray_dit.config import CacheDitSettings
+from ray_dit.config import CacheDitSettings, parse_overrides
 from ray_dit.demo import shapes_world as world
 from ray_dit.demo.judge import Tally, judge
 from ray_dit.demo.random_models import build_flux_tiny
@@ -105,7 +105,7 @@ def make_engine(pipe: Any, defaults: ModelDefaults, fbc_threshold: float | None)
 def request_for(case: Case, prompt: str, seed: int) -> GenerationRequest:
     request = GenerationRequest(prompt=prompt, seed=seed, num_inference_steps=STEPS)
     if case.params is not None:
-        request = request.replace(enable_cache_dit=True, cache_dit_params=case.params)
+        request = request.replace(cache=parse_overrides(True, case.params))
     return request
 
 
@@ -225,7 +225,7 @@ def time_pipe(engine: Engine, size: int, params: dict[str, Any] | None, runs: in
     request = GenerationRequest(prompt="a red circle on a blue background", seed=0, width=size, height=size)
     request = request.replace(num_inference_steps=STEPS)
     if params is not None:
-        request = request.replace(enable_cache_dit=True, cache_dit_params=params)
+        request = request.replace(cache=parse_overrides(True, params))
     cached = engine.generate(request).cache.cached_steps
     times = []
     for _ in range(runs):

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ray_dit.config.overrides import CacheOverrides
+
 OutputKind = Literal["image", "video"]
 OUTPUT_FORMATS = ("png", "jpeg", "webp", "mp4")
 IMAGE_FORMATS = ("png", "jpeg", "webp")
@@ -33,9 +35,10 @@ def parse_size(size: str) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One generation: what the engine needs, already validated at the edge.
+    """One generation: what the engine needs, already validated where it came in (HTTP body,
+    handle call, command line), so lower layers trust it and never parse it again.
 
-    ``None`` for a sampling field means "the pipeline's own default".
+    ``None`` for a sampling field means "the model's own default".
     """
 
     prompt: str
@@ -49,8 +52,7 @@ class GenerationRequest:
     guidance_scale: float | None = None
     true_cfg_scale: float | None = None
     seed: int = 1024
-    enable_cache_dit: bool | None = None
-    cache_dit_params: dict[str, Any] | None = None
+    cache: CacheOverrides = field(default_factory=CacheOverrides)
     output_format: str | None = None
     request_id: str = ""
 
@@ -86,6 +88,37 @@ class CacheStats:
 
 
 @dataclass
+class Timings:
+    """Where one request's seconds went. One object travels with the request and each layer
+    writes only its own fields, so no layer merges another's numbers."""
+
+    queue_s: float = 0.0
+    """Waiting for the denoise to start: Serve's queue (ingress), the replica's denoise thread
+    (DiT) and the engine's lock (engine) each add their part."""
+    denoise_s: float = 0.0
+    """Engine: the denoising loop, from the lock to the last step's end."""
+    decode_s: float = 0.0
+    """Engine: the VAE decode after the last step."""
+    postprocess_s: float = 0.0
+    """Engine: float frames to uint8."""
+    total_s: float = 0.0
+    """Engine: its whole call, lock wait included."""
+    replica_s: float = 0.0
+    """DiT: from the request reaching the replica to its denoise slot being free again."""
+    encode_s: float = 0.0
+    """Sink: encoding every output."""
+    spool_s: float = 0.0
+    """Sink: writing the encoded outputs to the spool (the durable acknowledgement)."""
+    store_s: float = 0.0
+    """Sink: the whole store call (encode, spool and the bounded wait for cloud URLs)."""
+    request_s: float = 0.0
+    """Ingress: the whole request (a video job: from its creation to its end)."""
+
+    def as_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
 class GenerationResult:
     """Frames and facts from one denoise.
 
@@ -98,7 +131,7 @@ class GenerationResult:
     steps: int
     fps: int | None = None
     request_id: str = ""
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: Timings = field(default_factory=Timings)
     cache: CacheStats = field(default_factory=CacheStats)
 
     @property
@@ -136,7 +169,6 @@ class StoredOutput:
     frames: int
     storage: Literal["s3", "local"]
     url: str | None = None
-    local_path: str | None = None
     fps: int | None = None
     encode_s: float = 0.0
     spool_s: float = 0.0

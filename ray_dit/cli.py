@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ray_dit.api import GenerationRequest, GenerationResult, parse_size
+from ray_dit.config import parse_overrides
 from ray_dit.errors import ConfigError
 
 EXTENSIONS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".mp4": "mp4"}
@@ -76,8 +77,7 @@ def _request(args: argparse.Namespace, fmt: str) -> GenerationRequest:
         guidance_scale=args.guidance_scale,
         true_cfg_scale=args.true_cfg_scale,
         seed=args.seed,
-        enable_cache_dit=args.cache,
-        cache_dit_params=params,
+        cache=parse_overrides(args.cache, params),
         output_format=fmt,
     )
 
@@ -103,14 +103,14 @@ def _report(args: argparse.Namespace, result: GenerationResult, paths: list[Path
             "frames": result.num_frames,
             "steps": result.steps,
             "seed": result.seed,
-            "timings": {k: round(v, 4) for k, v in result.timings.items()},
+            "timings": {k: round(v, 4) for k, v in result.timings.as_dict().items()},
             "cache": stats.as_dict(),
         }
         print(json.dumps(summary, indent=2))
         return
     for path in paths:
         print(f"wrote {path}")
-    print(f"denoise {result.timings['denoise_s']:.3f} s, total {result.timings['total_s']:.3f} s")
+    print(f"denoise {result.timings.denoise_s:.3f} s, total {result.timings.total_s:.3f} s")
     if stats.enabled:
         print(
             f"cache {stats.config}: {stats.cached_steps}/{stats.total_steps} steps cached "

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ray_dit.api import GenerationRequest  # noqa: E402
-from ray_dit.config import CacheDitSettings  # noqa: E402
+from ray_dit.config import CacheDitSettings, parse_overrides  # noqa: E402
 from ray_dit.demo.judge import judge  # noqa: E402
 from ray_dit.engine import Engine, EngineOptions  # noqa: E402
 
@@ -64,7 +64,7 @@ def main() -> None:
         for j, (name, params) in enumerate(SETTINGS):
             request = GenerationRequest(prompt=prompt, seed=seed)
             if params is not None:
-                request = request.replace(enable_cache_dit=True, cache_dit_params=params)
+                request = request.replace(cache=parse_overrides(True, params))
             result = engine.generate(request)
             frame = np.ascontiguousarray(result.frames[0, 0])
             image = Image.fromarray(frame).resize((cell, cell), Image.Resampling.NEAREST)

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from ray_dit.api import GenerationRequest
-from ray_dit.config import CacheDitSettings, ConfigError, DBCacheKnobs
+from ray_dit.config import CacheDitSettings, DBCacheKnobs, parse_overrides
 from ray_dit.engine import Engine, EngineOptions
 from ray_dit.engine.cache_dit_compat import remembered_configs
 from ray_dit.engine.registry import lookup
-from ray_dit.errors import RequestCancelled
+from ray_dit.errors import InvalidRequest, RequestCancelled
 
 # Random weights move a lot between steps: a high threshold is what makes them cache at all.
 CACHING = CacheDitSettings(enabled=True, primary=DBCacheKnobs(rdt=0.9, warmup=2))
@@ -97,7 +97,7 @@ def test_caching_skips_blocks_and_stays_close(flux):
     off = flux.generate(GenerationRequest(prompt="a red circle", seed=0))
     on = flux.generate(
         GenerationRequest(
-            prompt="a red circle", seed=0, enable_cache_dit=True, cache_dit_params=CACHING_PARAMS
+            prompt="a red circle", seed=0, cache=parse_overrides(True, CACHING_PARAMS)
         )
     )
     stats = on.cache
@@ -140,32 +140,28 @@ def test_skipped_block_fraction_matches_blocks_actually_run():
 def request_sequence() -> list[GenerationRequest]:
     base = GenerationRequest(prompt="a red circle on blue", seed=5)
     return [
-        base.replace(enable_cache_dit=True, cache_dit_params=CACHING_PARAMS),
+        base.replace(cache=parse_overrides(True, CACHING_PARAMS)),
         base.replace(width=64, height=96, num_inference_steps=5),
-        base.replace(num_inference_steps=12, enable_cache_dit=True, cache_dit_params=CACHING_PARAMS),
+        base.replace(num_inference_steps=12, cache=parse_overrides(True, CACHING_PARAMS)),
         base.replace(
             negative_prompt="green",
             true_cfg_scale=4.0,
-            enable_cache_dit=True,
-            cache_dit_params=CACHING_PARAMS,
+            cache=parse_overrides(True, CACHING_PARAMS),
         ),
         base.replace(negative_prompt="green", true_cfg_scale=4.0),
         base.replace(
             width=96,
             height=64,
             num_inference_steps=10,
-            enable_cache_dit=True,
-            cache_dit_params={**CACHING_PARAMS, "enable_taylorseer": True, "taylorseer_order": 2},
+            cache=parse_overrides(True, {**CACHING_PARAMS, "enable_taylorseer": True, "taylorseer_order": 2}),
         ),
         base.replace(
             num_inference_steps=9,
-            enable_cache_dit=True,
-            cache_dit_params={"scm_preset": "fast", "scm_policy": "static"},
+            cache=parse_overrides(True, {"scm_preset": "fast", "scm_policy": "static"}),
         ),
         base,
         base.replace(
-            enable_cache_dit=True,
-            cache_dit_params={**CACHING_PARAMS, "Fn_compute_blocks": 2, "max_continuous_cached_steps": 1},
+            cache=parse_overrides(True, {**CACHING_PARAMS, "Fn_compute_blocks": 2, "max_continuous_cached_steps": 1}),
         ),
     ]
 
@@ -188,8 +184,7 @@ def test_true_cfg_is_cached_per_branch(flux):
             negative_prompt="blue",
             true_cfg_scale=4.0,
             seed=0,
-            enable_cache_dit=True,
-            cache_dit_params=CACHING_PARAMS,
+            cache=parse_overrides(True, CACHING_PARAMS),
         )
     )
     stats = result.cache
@@ -205,13 +200,13 @@ def test_taylorseer_orders_run_and_change_the_result(flux):
     for order in (1, 2):
         params = {**CACHING_PARAMS, "enable_taylorseer": True, "taylorseer_order": order}
         request = GenerationRequest(
-            prompt="p", seed=1, num_inference_steps=12, enable_cache_dit=True, cache_dit_params=params
+            prompt="p", seed=1, num_inference_steps=12, cache=parse_overrides(True, params)
         )
         outs[order] = flux.generate(request)
         assert outs[order].cache.cached_steps > 0
     plain = flux.generate(
         GenerationRequest(
-            prompt="p", seed=1, num_inference_steps=12, enable_cache_dit=True, cache_dit_params=CACHING_PARAMS
+            prompt="p", seed=1, num_inference_steps=12, cache=parse_overrides(True, CACHING_PARAMS)
         )
     )
     assert not np.array_equal(outs[1].frames, plain.frames)
@@ -264,8 +259,7 @@ def test_same_decisions_and_output_as_cache_dit_alone():
             prompt="a red circle",
             seed=4,
             num_inference_steps=12,
-            enable_cache_dit=True,
-            cache_dit_params=params,
+            cache=parse_overrides(True, params),
         )
     )
     assert ours.cache.cached_step_indices == reference_cached and reference_cached
@@ -281,8 +275,7 @@ def test_scm_requests_of_any_step_count_work(flux, steps, policy):
         width=32,
         height=32,
         num_inference_steps=steps,
-        enable_cache_dit=True,
-        cache_dit_params={"scm_preset": "ultra", "scm_policy": policy},
+        cache=parse_overrides(True, {"scm_preset": "ultra", "scm_policy": policy}),
     )
     result = flux.generate(request)
     assert result.cache.total_steps == steps
@@ -298,8 +291,7 @@ def test_custom_bins_shorter_than_the_request_are_extended(flux):
         width=32,
         height=32,
         num_inference_steps=30,
-        enable_cache_dit=True,
-        cache_dit_params={"scm_compute_bins": [2, 1], "scm_cache_bins": [1, 2], "scm_policy": "static"},
+        cache=parse_overrides(True, {"scm_compute_bins": [2, 1], "scm_cache_bins": [1, 2], "scm_policy": "static"}),
     )
     result = flux.generate(request)
     # warmup is cut to the mask's leading 1s; the cyclic mask 11 0 1 00 11 0 1 00 ... caches
@@ -336,26 +328,29 @@ def test_bad_requests_name_the_field(flux):
         (GenerationRequest(prompt="p", num_frames=9), "num_frames=9"),
     ]
     for request, fragment in cases:
-        with pytest.raises(ValueError, match=fragment):
+        with pytest.raises(InvalidRequest, match=fragment) as err:
             flux.generate(request)
-    with pytest.raises(ConfigError, match="unknown keys"):
-        flux.generate(GenerationRequest(prompt="p", cache_dit_params={"nope": 1}))
+        assert err.value.param == ("size" if fragment.startswith("width") else fragment.split("=")[0])
+    # Cache overrides are parsed where the request comes in, before any engine sees them.
+    with pytest.raises(InvalidRequest, match="unknown keys") as err:
+        parse_overrides(None, {"nope": 1})
+    assert err.value.param == "cache_dit_params"
 
 
 def test_cancel_stops_at_a_step_and_the_engine_stays_usable(flux):
     seen = []
     with pytest.raises(RequestCancelled):
         flux.generate(
-            GenerationRequest(prompt="p", seed=0, enable_cache_dit=True, cache_dit_params=CACHING_PARAMS),
+            GenerationRequest(prompt="p", seed=0, cache=parse_overrides(True, CACHING_PARAMS)),
             on_step=lambda step, total: seen.append(step),
             should_cancel=lambda: len(seen) >= 3,
         )
     assert seen == [1, 2, 3]
     after = flux.generate(
-        GenerationRequest(prompt="p", seed=0, enable_cache_dit=True, cache_dit_params=CACHING_PARAMS)
+        GenerationRequest(prompt="p", seed=0, cache=parse_overrides(True, CACHING_PARAMS))
     )
     again = fresh_engine().generate(
-        GenerationRequest(prompt="p", seed=0, enable_cache_dit=True, cache_dit_params=CACHING_PARAMS)
+        GenerationRequest(prompt="p", seed=0, cache=parse_overrides(True, CACHING_PARAMS))
     )
     np.testing.assert_array_equal(after.frames, again.frames)
 

@@ -1,4 +1,4 @@
-"""Flow semantics without Ray: a cancelled caller stops the denoise but never a finished output."""
+"""Generation semantics without Ray: a cancelled caller stops the denoise but never a finished output."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 from types import SimpleNamespace
 
 from ray_dit.api import GenerationRequest
-from ray_dit.serve.flow import Flow
+from ray_dit.serve.generation import Generation
 
 
 class FakeObjectRef:
@@ -41,7 +41,7 @@ class FakeSink:
         return "stored"
 
 
-def _flow(denoise_s: float, store_s: float) -> tuple[Flow, FakeSink, list[FakeDiTResponse]]:
+def _flow(denoise_s: float, store_s: float) -> tuple[Generation, FakeSink, list[FakeDiTResponse]]:
     sink = FakeSink(store_s)
     made: list[FakeDiTResponse] = []
 
@@ -51,11 +51,11 @@ def _flow(denoise_s: float, store_s: float) -> tuple[Flow, FakeSink, list[FakeDi
 
     dit = SimpleNamespace(generate=SimpleNamespace(remote=remote))
     sink_handle = SimpleNamespace(store=SimpleNamespace(remote=lambda *a: sink._store(*a)))
-    flow = Flow(dit, sink_handle, GenerationRequest(prompt="x"), output_format="png")
+    flow = Generation(dit, sink_handle, GenerationRequest(prompt="x"), output_format="png")
     return flow, sink, made
 
 
-def _cancel_caller_after(flow: Flow, delay: float) -> None:
+def _cancel_caller_after(flow: Generation, delay: float) -> None:
     async def scenario() -> None:
         flow.start()
         caller = asyncio.ensure_future(flow.wait())
@@ -93,9 +93,6 @@ class FakeEngine:
 
     def resolve(self, request: GenerationRequest) -> GenerationRequest:
         return request
-
-    def settings_for(self, request: GenerationRequest) -> None:
-        return None
 
     def generate(self, request: GenerationRequest, on_step=None, should_cancel=None):
         import time

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ray_dit.api import GenerationRequest, GenerationResult
+from ray_dit.api import GenerationRequest, GenerationResult, Timings
 from ray_dit.config import CacheDitSettings, cache_dit_from_env
 from ray_dit.engine.cache import CacheDitController
 from ray_dit.engine.loader import call_parameters, is_video_pipeline, load_pipeline
@@ -106,8 +106,8 @@ class Engine:
         return problems
 
     def settings_for(self, request: GenerationRequest) -> CacheDitSettings:
-        """The environment's cache settings with the request's overrides (validated)."""
-        return self.cache_settings.with_overrides(request.enable_cache_dit, request.cache_dit_params)
+        """The environment's cache settings with the request's (already parsed) overrides."""
+        return self.cache_settings.with_overrides(request.cache)
 
     def _runs_separate_cfg(self, request: GenerationRequest) -> bool:
         name = type(self.pipe).__name__
@@ -159,36 +159,35 @@ class Engine:
         on_step: StepCallback | None = None,
         should_cancel: CancelCheck | None = None,
     ) -> GenerationResult:
-        """Run one request. Raises ValueError/ConfigError for bad input, GenerationCancelled."""
+        """Run one request. Raises InvalidRequest for what this model cannot take, RequestCancelled
+        when ``should_cancel`` turns true (checked after every step)."""
         request = self.resolve(request)
         settings = self.settings_for(request)
         separate_cfg = self._runs_separate_cfg(request)
         kwargs = self._call_kwargs(request)
         steps = int(request.num_inference_steps or 0)
+        hook = _StepHook(steps, on_step, should_cancel)
+        if "callback_on_step_end" in self._params:
+            kwargs["callback_on_step_end"] = hook
         t_arrive = time.perf_counter()
         with self._lock:
             t_start = time.perf_counter()
             plan = self._cache.plan(settings, steps, separate_cfg)
             self._cache.prepare(plan)
-            marks: dict[str, float] = {}
-
-            def step_end(pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-                marks["last_step"] = time.perf_counter()
-                if on_step is not None:
-                    on_step(index + 1, steps)
-                if should_cancel is not None and should_cancel():
-                    raise RequestCancelled(f"cancelled after step {index + 1} of {steps}")
-                return tensors
-
-            if "callback_on_step_end" in self._params:
-                kwargs["callback_on_step_end"] = step_end
             with torch.inference_mode():
                 output = self.pipe(**kwargs)
             t_done = time.perf_counter()
             stats = self._cache.stats(plan)
         frames = _to_uint8_frames(output, self.kind)
         t_end = time.perf_counter()
-        last_step = marks.get("last_step", t_done)
+        last_step = hook.last_step_at or t_done
+        timings = Timings(
+            queue_s=t_start - t_arrive,
+            denoise_s=last_step - t_start,
+            decode_s=t_done - last_step,
+            postprocess_s=t_end - t_done,
+            total_s=t_end - t_arrive,
+        )
         return GenerationResult(
             frames=frames,
             kind=self.kind,
@@ -196,15 +195,26 @@ class Engine:
             steps=steps,
             fps=request.fps,
             request_id=request.request_id,
-            timings={
-                "queue_s": t_start - t_arrive,
-                "denoise_s": last_step - t_start,
-                "decode_s": t_done - last_step,
-                "postprocess_s": t_end - t_done,
-                "total_s": t_end - t_arrive,
-            },
+            timings=timings,
             cache=stats,
         )
+
+
+class _StepHook:
+    """diffusers' ``callback_on_step_end``: reports progress, stops a cancelled request at the
+    step boundary and remembers when the last step ended (where the VAE decode starts)."""
+
+    def __init__(self, steps: int, on_step: StepCallback | None, should_cancel: CancelCheck | None) -> None:
+        self.steps, self.on_step, self.should_cancel = steps, on_step, should_cancel
+        self.last_step_at: float | None = None
+
+    def __call__(self, pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        self.last_step_at = time.perf_counter()
+        if self.on_step is not None:
+            self.on_step(index + 1, self.steps)
+        if self.should_cancel is not None and self.should_cancel():
+            raise RequestCancelled(f"cancelled after step {index + 1} of {self.steps}")
+        return tensors
 
 
 def _to_uint8_frames(output: Any, kind: str) -> np.ndarray:

@@ -13,12 +13,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from ray.serve import Application
 
-from ray_dit.config import ConfigError
+from ray_dit.config import limits_from_mapping
+from ray_dit.errors import ConfigError
 from ray_dit.serve.dit import DiTDeployment
 from ray_dit.serve.frame_sink import FrameSinkDeployment
 from ray_dit.serve.ingress import Ingress
 from ray_dit.serve.jobs import VideoJobs
-from ray_dit.serve.settings import limits_from_mapping
 
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 DTYPES = ("auto", "float32", "bfloat16", "float16")

@@ -20,10 +20,9 @@ from typing import Any
 from ray import serve
 
 from ray_dit.api import GenerationRequest, GenerationResult
-from ray_dit.config import ConfigError
-from ray_dit.errors import InvalidRequest, RequestCancelled
+from ray_dit.errors import RequestCancelled
 from ray_dit.serve import metrics
-from ray_dit.serve.flow import detached
+from ray_dit.serve.generation import start_outside_request
 from ray_dit.serve.types import ModelInfo
 
 logger = logging.getLogger("ray.serve")
@@ -73,25 +72,17 @@ class DiTDeployment:
     def describe(self) -> ModelInfo:
         return self.info
 
-    def _validate(self, request: GenerationRequest) -> None:
-        """Engine-side checks before the request takes the denoise thread (InvalidRequest)."""
-        try:
-            self.engine.resolve(request)
-            self.engine.settings_for(request)
-        except ConfigError as exc:
-            raise InvalidRequest("; ".join(exc.problems), "cache_dit_params") from None
-
     async def generate(self, request: GenerationRequest, job_id: str | None = None) -> GenerationResult:
         """Denoise one request; returns frames (through the object store) and stats."""
         arrived = time.perf_counter()
-        self._validate(request)
+        request = self.engine.resolve(request)  # what only the engine can check, before queueing
         loop = asyncio.get_running_loop()
         cancel = threading.Event()
         progress = _ProgressReporter(self._jobs, job_id, loop, cancel) if job_id else None
         on_step = progress.on_step if progress else None
         if progress:
             progress.start()
-        future = loop.run_in_executor(self._executor, self._run, request, on_step, cancel.is_set)
+        future = loop.run_in_executor(self._executor, self._run, request, arrived, on_step, cancel.is_set)
         try:
             result = await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -112,8 +103,7 @@ class DiTDeployment:
             if progress:
                 await progress.stop()
         self._observe(result)
-        # From arrival at this replica to the replica being free again (benchmarks/drain_isolation).
-        result.timings["replica_s"] = time.perf_counter() - arrived
+        result.timings.replica_s = time.perf_counter() - arrived
         return result
 
     async def _store_orphan(self, result: GenerationResult, request: GenerationRequest) -> None:
@@ -124,7 +114,7 @@ class DiTDeployment:
             return
         try:
             # Outside this (cancelled) request's context, or Serve would cancel the call too.
-            await detached(self._store_remote(result, request.output_format))
+            await start_outside_request(self._store_remote(result, request.output_format))
             logger.info("request %s finished before its cancellation: stored", request.request_id)
         except Exception as exc:
             logger.error("request %s: storing a finished output failed: %s", request.request_id, exc)
@@ -132,26 +122,24 @@ class DiTDeployment:
     async def _store_remote(self, result: GenerationResult, output_format: str | None) -> Any:
         return await self._sink.store.remote(result, output_format)
 
-    def _run(self, request: GenerationRequest, on_step: Any, should_cancel: Any) -> GenerationResult:
-        if should_cancel():  # cancelled while it waited for the denoise thread
+    def _run(
+        self, request: GenerationRequest, arrived: float, on_step: Any, should_cancel: Any
+    ) -> GenerationResult:
+        waited = time.perf_counter() - arrived  # for the denoise thread, behind earlier requests
+        if should_cancel():
             raise RequestCancelled(f"{request.request_id} cancelled before it started")
-        try:
-            return self.engine.generate(request, on_step=on_step, should_cancel=should_cancel)
-        except ConfigError as exc:
-            raise InvalidRequest("; ".join(exc.problems), "cache_dit_params") from None
+        result = self.engine.generate(request, on_step=on_step, should_cancel=should_cancel)
+        result.timings.queue_s += waited
+        return result
 
     def _observe(self, result: GenerationResult) -> None:
         try:
-            metrics.denoise_seconds().observe(result.timings.get("denoise_s", 0.0))
+            metrics.denoise_seconds().observe(result.timings.denoise_s)
             total = result.cache.total_steps
             if total:
                 metrics.steps_cached_ratio().observe(result.cache.cached_steps / total)
         except Exception as exc:  # metrics must never fail a request
             logger.warning("metrics: %s", exc)
-
-    def check_health(self) -> None:
-        if self.engine is None:
-            raise RuntimeError("engine not loaded")
 
 
 class _ProgressReporter:

@@ -1,18 +1,26 @@
-"""Errors in OpenAI's shape, and the exceptions that carry them across deployments.
+"""Errors in OpenAI's shape, and the one place that maps any failure to an HTTP status.
 
 Every error the HTTP API returns is ``{"error": {"message", "type", "param", "code"}}`` so the
 official clients raise their usual exception classes. Messages are written for the caller: they
-name the field and the limit, and never contain a traceback or a credential.
+name the field and the limit, and never contain a traceback or a credential. :func:`to_api_error`
+maps by exception type (``ray_dit.errors`` and Ray's own), never by message text or class name.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any
+import logging
 
-from ray_dit.errors import InvalidRequest, RequestCancelled
+from ray.exceptions import ActorDiedError, ActorUnavailableError
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+    RequestCancelledError,
+)
 
-_PARAM_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.\[\]]*)\s*=")
+from ray_dit.errors import InvalidRequest, RequestCancelled, StorageUnavailable
+
+logger = logging.getLogger("ray.serve")
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -25,6 +33,14 @@ ERROR_TYPES = {
     503: "service_unavailable",
     500: "server_error",
 }
+# A backend that is gone or not there yet: the client should retry (503 with Retry-After).
+UNAVAILABLE = (
+    StorageUnavailable,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+    ActorDiedError,
+    ActorUnavailableError,
+)
 
 
 class ApiError(Exception):
@@ -46,7 +62,7 @@ class ApiError(Exception):
         self.code = code
         self.headers = dict(headers or {})
 
-    def body(self) -> dict[str, Any]:
+    def body(self) -> dict:
         return error_body(self.status, self.message, self.param, self.code)
 
     def __reduce__(self) -> tuple:
@@ -57,9 +73,6 @@ def _make_api_error(
     status: int, message: str, param: str | None, code: str | None, headers: dict
 ) -> ApiError:
     return ApiError(status, message, param=param, code=code, headers=headers)
-
-
-__all__ = ["ApiError", "InvalidRequest", "RequestCancelled", "error_body"]
 
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
@@ -73,10 +86,47 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
     }
 
 
-def param_from_message(message: str, default: str | None = None) -> str | None:
-    """'width=100: must be ...' -> 'width' (the engine and config name fields this way)."""
-    first = message.split(";")[0]
-    match = _PARAM_RE.match(first)
-    if match:
-        return match.group(1).split(".")[0].split("[")[0]
-    return default
+def invalid(param: str | None, message: str) -> ApiError:
+    """A 400 naming the field at fault."""
+    return ApiError(400, message, param=param, code="invalid_value")
+
+
+def busy(message: str, code: str, retry_after_s: int) -> ApiError:
+    """A 503 with Retry-After: the server is full or a backend is away, not broken."""
+    return ApiError(503, message, code=code, headers={"Retry-After": str(retry_after_s)})
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The exception a replica raised, inside the RayTaskError(s) that carried it here."""
+    for _ in range(5):
+        cause = getattr(exc, "cause", None)
+        if cause is None:
+            break
+        exc = cause
+    return exc
+
+
+def to_api_error(exc: BaseException, request_id: str, retry_after_s: int) -> ApiError:
+    """Any failure of a generation as an ApiError: 4xx for the caller's mistakes, 503 when busy."""
+    cause = root_cause(exc)
+    if isinstance(cause, ApiError):
+        return cause
+    if isinstance(exc, BackPressureError) or isinstance(cause, BackPressureError):
+        return busy("the server is at capacity (queue full); retry later", "queue_full", retry_after_s)
+    if isinstance(cause, InvalidRequest):
+        return invalid(cause.param, cause.message)
+    if isinstance(cause, RequestCancelled | RequestCancelledError):
+        return ApiError(499, "the request was cancelled", code="cancelled")
+    name = type(cause).__name__
+    if isinstance(cause, UNAVAILABLE):
+        return busy(f"a backend is unavailable ({name}); retry later", "unavailable", retry_after_s)
+    logger.error("request %s failed: %s: %s", request_id, name, str(cause)[:500])
+    return ApiError(500, f"generation failed ({name}); request id {request_id}", code="server_error")
+
+
+def as_handle_error(err: ApiError) -> Exception:
+    """What a notebook's handle call raises: InvalidRequest for the caller's mistakes (a ValueError
+    naming the field), the ApiError itself otherwise (503 busy, 499 cancelled, 500)."""
+    if err.status in (400, 404, 409, 413):
+        return InvalidRequest(err.message, err.param)
+    return err

@@ -1,4 +1,5 @@
-"""One request's trip DiT -> sink, run apart from the HTTP request that asked for it.
+"""One accepted generation: the DiT call and the sink call that stores its frames, run apart from
+the HTTP request (or handle call) that asked for it.
 
 Ray Serve cancels every handle call made inside a request when that request is cancelled (the
 client disconnected). That is right for the denoise, but wrong for storing: an output that
@@ -12,20 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 from collections.abc import Coroutine
 from typing import Any
 
 from ray_dit.api import GenerationRequest
+from ray_dit.serve.compat import object_ref
 from ray_dit.serve.types import StoreReply
 
 
-def detached(coro: Coroutine[Any, Any, Any]) -> asyncio.Task:
-    """Start ``coro`` as a task outside the current Serve request context."""
+def start_outside_request(coro: Coroutine[Any, Any, Any]) -> asyncio.Task:
+    """Start ``coro`` as a task outside the current Serve request context (Serve cancels every
+    handle call made inside a request when that request is cancelled)."""
     loop = asyncio.get_running_loop()
     return contextvars.Context().run(loop.create_task, coro)
 
 
-class Flow:
+class Generation:
     """Compose ``dit.generate`` and ``sink.store`` so frames go replica-to-sink directly."""
 
     def __init__(
@@ -50,24 +54,28 @@ class Flow:
         self.frames_ref: Any = None
         self.assigned = asyncio.Event()
         self.task: asyncio.Task | None = None
+        #: Seconds from the DiT call to a replica accepting it: the wait in Serve's queue.
+        self.routing_wait_s = 0.0
 
     def start(self) -> asyncio.Task:
-        self.task = detached(self._run())
+        self.task = start_outside_request(self._run())
         return self.task
 
     async def _run(self) -> StoreReply:
         try:
+            started = time.perf_counter()
             self.dit_response = self.dit.generate.remote(self.request, self.job_id)
             # Waits until a DiT replica accepted the request; a full queue raises
             # BackPressureError here, before anything else happens.
-            self.frames_ref = await self.dit_response._to_object_ref()
+            self.frames_ref = await object_ref(self.dit_response)
+            self.routing_wait_s = time.perf_counter() - started
         finally:
             self.assigned.set()
         # The sink call is routed now, while the DiT denoises, with the frames' ObjectRef as its
         # argument: Ray itself sends it on the moment the frames exist (inlined into the call
         # when small; large ones the sink fetches from the object store, never through this
         # process). Passing the DeploymentResponse instead would make Serve wait for the frames
-        # here, in Python, and only then route: 2 ms more per request on a 2-core box.
+        # here, in Python, and only then route (docs/serving.md measures the difference).
         return await self.sink.store.remote(
             self.frames_ref, self.output_format, self.include_data, self.wait_url
         )

@@ -17,9 +17,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ray_dit.config import ServerSettings
 from ray_dit.serve import metrics
 from ray_dit.serve.errors import ApiError, error_body
-from ray_dit.serve.settings import ServerSettings
 
 logger = logging.getLogger("ray.serve")
 
@@ -106,8 +106,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 def authorize(settings: ServerSettings, request: Request) -> None:
     """401 unless auth is off or the bearer token matches ``RAY_DIT_API_KEY``."""
-    key = settings.api_key
-    if not key:
+    if not settings.api_key:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -119,7 +118,7 @@ def authorize(settings: ServerSettings, request: Request) -> None:
         )
     # Compare digests in constant time, so neither the content nor the length of the key leaks.
     given = hashlib.sha256(token.strip().encode()).digest()
-    if not hmac.compare_digest(given, hashlib.sha256(key.encode()).digest()):
+    if not hmac.compare_digest(given, hashlib.sha256(settings.api_key.get_secret_value().encode()).digest()):
         raise ApiError(
             401, "incorrect API key", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
         )

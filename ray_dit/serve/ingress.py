@@ -21,8 +21,10 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from ray import serve
 from ray.serve.exceptions import BackPressureError, RequestCancelledError
 
+from ray_dit.config import ServerSettings, server_from_env
 from ray_dit.serve.errors import ApiError, InvalidRequest, RequestCancelled
-from ray_dit.serve.flow import Flow, detached
+from ray_dit.serve.generation import Generation as Flow
+from ray_dit.serve.generation import start_outside_request as detached
 from ray_dit.serve.http import app, authorize, read_body, read_json
 from ray_dit.serve.schemas import (
     ImageGenerationBody,
@@ -32,7 +34,6 @@ from ray_dit.serve.schemas import (
     parse_body,
     video_request,
 )
-from ray_dit.serve.settings import ServerSettings, server_from_env
 from ray_dit.serve.types import GenerationOutput, ModelInfo, StoreReply
 
 logger = logging.getLogger("ray.serve")

@@ -19,7 +19,7 @@ from typing import Any
 
 from ray import serve
 
-from ray_dit.serve.settings import server_from_env
+from ray_dit.config import server_from_env
 
 TERMINAL = ("completed", "failed")
 

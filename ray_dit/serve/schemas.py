@@ -14,9 +14,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ray_dit.api import GenerationRequest, parse_size
-from ray_dit.config import CacheDitSettings, ConfigError
+from ray_dit.config import ServeLimits, parse_overrides
+from ray_dit.errors import InvalidRequest
 from ray_dit.serve.errors import ApiError
-from ray_dit.serve.settings import ServeLimits
 from ray_dit.serve.types import ModelInfo
 
 MAX_SEED = 2**63 - 1 - 1024
@@ -177,10 +177,9 @@ def _check_common(body: _SamplingExtras, limits: ServeLimits) -> None:
         raise _bad("seed", f"seed={body.seed}: must be between 0 and {MAX_SEED}")
     _check_text("negative_prompt", body.negative_prompt, limits, required=False)
     try:
-        CacheDitSettings().with_overrides(body.enable_cache_dit, body.cache_dit_params)
-    except ConfigError as exc:
-        param = "enable_cache_dit" if any(p.startswith("enable_cache_dit") for p in exc.problems) else None
-        raise _bad(param or "cache_dit_params", "; ".join(exc.problems)) from None
+        parse_overrides(body.enable_cache_dit, body.cache_dit_params)
+    except InvalidRequest as exc:
+        raise _bad(exc.param or "cache_dit_params", exc.message) from None
 
 
 def _common_kwargs(body: _SamplingExtras) -> dict[str, Any]:
