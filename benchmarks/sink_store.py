@@ -54,9 +54,7 @@ def time_store(sink: FrameSink, frames: np.ndarray, fmt: str, reps: int, tag: st
     times = []
     stored = 0
     for rep in range(reps + 1):
-        result = GenerationResult(
-            frames=frames, kind="image", seed=0, steps=1, request_id=f"{tag}{rep:04d}", timings={}
-        )
+        result = GenerationResult(frames=frames, kind="image", seed=0, steps=1, request_id=f"{tag}{rep:04d}")
         started = time.perf_counter()
         outputs = sink.store(result, fmt, include_data=True)
         if rep:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ray_dit.api import GenerationResult
+from ray_dit.api import GenerationResult, Timings
 from ray_dit.config import StorageSettings
 
 HOP_BY_HOP = {
@@ -112,7 +112,12 @@ def image_result(
     height, width = size
     frames = rng.integers(0, 256, size=(n, 1, height, width, 3), dtype=np.uint8)
     return GenerationResult(
-        frames=frames, kind="image", seed=seed, steps=4, request_id=request_id, timings={"denoise_s": 0.01}
+        frames=frames,
+        kind="image",
+        seed=seed,
+        steps=4,
+        request_id=request_id,
+        timings=Timings(denoise_s=0.01),
     )
 
 
@@ -208,6 +213,10 @@ class _Handler(BaseHTTPRequestHandler):
         if plan.latency_s and plan.latency_after_forward and proxy._sleep(plan.latency_s):
             self._abort()
             return
+        self._relay(status, reason, upstream_headers, data)
+
+    def _relay(self, status: int, reason: str, upstream_headers: list[tuple[str, str]], data: bytes) -> None:
+        """Send the server's answer back to the client."""
         try:
             self.send_response(status, reason)
             for name, value in upstream_headers:

@@ -15,8 +15,8 @@ from sink_helpers import FaultProxy, admin_client, image_result, settings_for, w
 
 from ray_dit.api import StoredOutput
 from ray_dit.sink import FrameSink
+from ray_dit.sink.breaker import backoff_delay
 from ray_dit.sink.spool import Spool
-from ray_dit.sink.uploader import backoff_delay
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -28,7 +28,7 @@ from sink_helpers import (
 
 from ray_dit.config import ConfigError, StorageSettings, storage_from_env
 from ray_dit.sink import FrameSink, StorageError
-from ray_dit.sink.s3 import S3Store
+from ray_dit.sink.s3 import S3Bucket
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -122,10 +122,10 @@ def test_presigned_and_public_urls_fetch_the_bytes(
 
 def test_addressing_style_is_applied_by_botocore(tmp_path: Path) -> None:
     base = {"storage_type": "s3", "bucket": "my-bucket", "spool_dir": str(tmp_path), "url_mode": "public"}
-    virtual = S3Store(
+    virtual = S3Bucket(
         StorageSettings(**base, endpoint_url="https://s3.example.test", addressing_style="virtual")
     )
-    path = S3Store(StorageSettings(**base, endpoint_url="https://s3.example.test", addressing_style="path"))
+    path = S3Bucket(StorageSettings(**base, endpoint_url="https://s3.example.test", addressing_style="path"))
     try:
         assert virtual.url("p/2026/01/02/r_0.png") == "https://my-bucket.s3.example.test/p/2026/01/02/r_0.png"
         assert path.url("p/2026/01/02/r_0.png") == "https://s3.example.test/my-bucket/p/2026/01/02/r_0.png"
@@ -174,7 +174,7 @@ def test_unreachable_endpoint_does_not_fail_start(tmp_path: Path, bucket: str, s
     out = sink.store(image_result("reqdown"))[0]
     assert sink.status(out.key) == "pending"
     with pytest.raises(StorageError) as info:
-        S3Store(settings_for(f"http://127.0.0.1:{port}", bucket, str(tmp_path))).check_bucket()
+        S3Bucket(settings_for(f"http://127.0.0.1:{port}", bucket, str(tmp_path))).check_bucket()
     assert info.value.retryable and "could not connect" in str(info.value)
 
 
@@ -321,14 +321,14 @@ def test_credentials_never_reach_logs_errors_or_reprs(
     assert sink.wait_url(out2.key, 15)
     assert any(n.startswith("botocore") for n in debug_logs.names)  # DEBUG really was on
     assert any("<redacted>" in t for t in debug_logs.texts)  # ...and the key id was blanked
-    store = S3Store(settings_for(proxy.endpoint, "no-such-bucket-log", str(tmp_path)))
+    s3 = S3Bucket(settings_for(proxy.endpoint, "no-such-bucket-log", str(tmp_path)))
     proxy.fail_next(1, status=403, code="SignatureDoesNotMatch", echo_credentials=True)
-    for call in (store.check_bucket, lambda: store.put("p/2026/01/02/r_0.png", b"x", "image/png", "0" * 32)):
+    for call in (s3.check_bucket, lambda: s3.put("p/2026/01/02/r_0.png", b"x", "image/png", "0" * 32)):
         with pytest.raises(StorageError) as info:
             call()
         seen += [str(info.value), repr(info.value), repr(info.value.__cause__), repr(info.value.__context__)]
-    seen.append(repr(store))
-    store.close()
+    seen.append(repr(s3))
+    s3.close()
     seen += [str(sink.stats())]
     texts = debug_logs.texts + [str(s) for s in seen]
     assert [t for t in texts if ACCESS_KEY in t] == []
@@ -342,6 +342,6 @@ def test_store_rejects_bad_input_before_doing_work(tmp_path: Path, sinks: list) 
         sink.store(image_result("reqbad"), "mp4")
     with pytest.raises(ValueError, match="request_id"):
         sink.store(image_result("../escape"))
-    assert sink.spool.pending() == []
+    assert sink.stats()["spool_entries"] == 0
     generated = sink.store(image_result(""))[0]  # no id given: the server makes one
     assert re.fullmatch(r"[0-9a-f]{32}", generated.request_id)

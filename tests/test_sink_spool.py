@@ -1,7 +1,9 @@
-"""The spool (durable, shared by processes, capped) and the Parquet manifest."""
+"""The spool (durable, shared by processes, capped), the local store (a cache) and the Parquet
+manifest."""
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import time
@@ -12,8 +14,12 @@ import pyarrow.dataset as ds
 import pytest
 import sink_helpers
 
+from ray_dit.config import StorageSettings
+from ray_dit.sink import FrameSink
+from ray_dit.sink.files import md5_hex
+from ray_dit.sink.local import LocalStore
 from ray_dit.sink.manifest import SCHEMA, Manifest
-from ray_dit.sink.spool import Spool, md5_hex
+from ray_dit.sink.spool import Spool
 
 KEY = "ray-dit/2026/01/02/{}_{}.png"
 
@@ -21,6 +27,12 @@ KEY = "ray-dit/2026/01/02/{}_{}.png"
 def _put(spool: Spool, request_id: str, index: int = 0, size: int = 100) -> object:
     data = os.urandom(size)
     return spool.put(KEY.format(request_id, index), data, {"content_type": "image/png", "x": 1})
+
+
+def _put_local(store: LocalStore, request_id: str, index: int = 0, size: int = 100) -> bytes:
+    data = os.urandom(size)
+    store.put(KEY.format(request_id, index), data)
+    return data
 
 
 @pytest.fixture
@@ -120,16 +132,44 @@ def test_cap_and_is_full(tmp_path: Path) -> None:
     assert not spool.is_full()
 
 
-def test_local_store_mode_evicts_the_oldest(tmp_path: Path) -> None:
-    store = Spool(tmp_path, 1_000, evict_oldest=True, scan_interval_s=0.0)
+def test_local_store_evicts_the_oldest(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path, 1_000)
     for i in range(6):
-        _put(store, f"req{i}", size=300)
+        _put_local(store, f"req{i}", size=300)
         time.sleep(0.01)
-    names = [e.name for e in store.pending()]
+    names = store.names()
     assert names[-1] == "req5_0" and "req0_0" not in names
     used = store.used_bytes()
     assert used <= 1_000, (used, sorted(p.name for p in (tmp_path / "pending").iterdir()))
-    assert not store.is_full()
+    assert used < 1_000  # below the cap again: a cache never reports full
+    assert sorted(p.stem for p in (tmp_path / "pending").iterdir()) == sorted(names)
+    # A restarted store rebuilds the same index, oldest first, from one directory scan.
+    again = LocalStore(tmp_path, 1_000)
+    assert again.names() == names and again.used_bytes() == used
+
+
+def test_local_store_keeps_the_entry_just_written_and_reads_it_back(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path, 1_000)
+    _put_local(store, "small")
+    big = _put_local(store, "big", 1, size=2_000)  # over the cap on its own
+    assert store.names() == ["big_1"] and store.used_bytes() == 2_000
+    assert store.read("big", 1) == (big, "image/png")
+    assert store.read("small", 0) is None and store.read("big", 0) is None
+    store.put("p/2026/01/02/big_1.webp", b"webp bytes")  # the same output in another format
+    assert store.read("big", 1) == (b"webp bytes", "image/webp")
+    assert sorted(p.name for p in (tmp_path / "pending").iterdir()) == ["big_1.webp"]
+    # A sibling process sharing the directory can serve what this one wrote.
+    assert LocalStore(tmp_path, 1_000).read("big", 1) == (b"webp bytes", "image/webp")
+
+
+def test_storage_off_warns_about_outputs_left_by_an_s3_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _put(Spool(tmp_path, 10_000), "left")
+    with caplog.at_level(logging.WARNING, logger="ray_dit.sink"):
+        FrameSink(StorageSettings(spool_dir=str(tmp_path)), start=False).close()
+    assert any("1 outputs from an earlier S3 run" in r.getMessage() for r in caplog.records)
+    assert Spool(tmp_path, 10_000).names() == {"left_0"}  # left for S3, not taken by the cache
 
 
 def test_only_the_durable_spool_flushes_to_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -142,12 +182,15 @@ def test_only_the_durable_spool_flushes_to_disk(tmp_path: Path, monkeypatch: pyt
     entry = _put(durable, "a")
     assert len(synced) == 4  # bytes, dir, record, dir
     synced.clear()
-    cache = Spool(tmp_path / "local", 10_000, evict_oldest=True, durable=False)
-    cached = _put(cache, "b")
+    cache = LocalStore(tmp_path / "local", 10_000)
+    cached = _put_local(cache, "b")
     Manifest(tmp_path / "manifest").record({"request_id": "b", "key": "k"}, durable=False)
+    off = FrameSink(StorageSettings(spool_dir=str(tmp_path / "off")), start=False)
+    off.store(sink_helpers.image_result("c"))  # S3 off: output and manifest row, no flush
     assert synced == []
-    assert [e.name for e in cache.pending()] == ["b_0"]
-    assert Path(cached.data_path).read_bytes() and Path(entry.data_path).read_bytes()
+    off.close()
+    assert cache.names() == ["b_0"]
+    assert cache.read("b", 0) == (cached, "image/png") and Path(entry.data_path).read_bytes()
     assert not list((tmp_path / "local" / "tmp").iterdir())
 
 

@@ -1,15 +1,15 @@
 """The frame sink deployment: a CPU pool wrapping :class:`ray_dit.sink.FrameSink`.
 
-The ingress calls ``store`` with the DiT result's object reference as the argument, so Ray
-starts the call here once the frames exist and they travel DiT -> object store -> here, never
-through the ingress. Storing is shielded from cancellation: once frames have arrived they are encoded and
-spooled even if the client that asked for them has gone.
+The ingress calls ``store`` with the DiT result's object reference, so frames travel DiT ->
+object store -> here, never through the ingress. Storing is shielded from cancellation: frames
+that arrived are encoded and spooled even if the client that asked for them has gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -20,8 +20,8 @@ from ray import serve
 
 from ray_dit.api import GenerationResult
 from ray_dit.config import storage_from_env
+from ray_dit.errors import InvalidRequest, StorageUnavailable
 from ray_dit.serve import metrics
-from ray_dit.serve.errors import InvalidRequest
 from ray_dit.serve.types import ResultMeta, StoreReply
 
 logger = logging.getLogger("ray.serve")
@@ -42,10 +42,6 @@ def lower_priority(nice: int) -> None:
     for tid in tids:
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid)))
-
-
-class StorageUnavailable(RuntimeError):
-    """Storage could not be reached to read an output back (answer 503, try later)."""
 
 
 @serve.deployment(
@@ -81,10 +77,6 @@ class FrameSinkDeployment:
         metrics.sink_queue_depth().set(float(stats.get("pending", 0) or 0))
         metrics.sink_spool_bytes().set(float(stats.get("spool_bytes", 0) or 0))
 
-    async def _in_thread(self, fn: Any, *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
-
     async def store(
         self,
         result: GenerationResult,
@@ -110,26 +102,21 @@ class FrameSinkDeployment:
             raise
         except ValueError as exc:
             raise InvalidRequest(str(exc), "output_format") from None
-        stored_s = time.perf_counter() - started
-        timings = {
-            "encode_s": sum(out.encode_s for out in outputs),
-            "spool_s": sum(out.spool_s for out in outputs),
-            "store_s": stored_s,  # encode + spool (+ the bounded wait for cloud URLs)
-        }
-        return StoreReply(outputs=outputs, meta=ResultMeta.of(result), timings=timings)
-
-    async def url_for(self, key: str, timeout: float = 0.0) -> str | None:
-        """The cloud URL of a stored key if it is uploaded (waits up to ``timeout``)."""
-        if timeout > 0:
-            return await self._in_thread(self.sink.wait_url, key, timeout)
-        return await self._in_thread(self.sink.url_for, key)
+        timings = dataclasses.replace(  # the sink's own fields; store_s includes the URL wait
+            result.timings,
+            encode_s=sum(o.encode_s for o in outputs),
+            spool_s=sum(o.spool_s for o in outputs),
+            store_s=time.perf_counter() - started,
+        )
+        return StoreReply(outputs=outputs, meta=ResultMeta.of(result, timings))
 
     async def content(
         self, request_id: str, index: int = 0, key: str | None = None
     ) -> tuple[bytes, str] | None:
         """An output's bytes: from this node's spool, else from S3 (by ``key`` if given)."""
         try:
-            return await self._in_thread(self.sink.content, request_id, index, key)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, self.sink.content, request_id, index, key)
         except ValueError:  # a key that does not belong to this request/index
             return None
         except Exception:  # StorageError: S3 could not be asked
@@ -144,7 +131,7 @@ class FrameSinkDeployment:
         return stats
 
     def check_health(self) -> None:
-        if getattr(self.sink, "_closed", False):
+        if self.sink.closed:
             raise RuntimeError("frame sink is closed")
 
     def __del__(self) -> None:

@@ -1,11 +1,9 @@
 """Frame sink: encode finished frames, spool them durably, drain them to S3, keep a manifest.
-
-Imports are lazy so that light users (the spool in a helper process, the encoders) do not pay
-for boto3; ``from ray_dit.sink import FrameSink`` works as usual.
-"""
+Imports are lazy, so light users (a helper process's spool, the encoders) do not pay for boto3."""
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -16,12 +14,7 @@ __all__ = ["FrameSink", "StorageError"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "FrameSink":
-        from ray_dit.sink.sink import FrameSink
-
-        return FrameSink
-    if name == "StorageError":
-        from ray_dit.sink.s3 import StorageError
-
-        return StorageError
-    raise AttributeError(name)
+    homes = {"FrameSink": "ray_dit.sink.sink", "StorageError": "ray_dit.sink.s3"}
+    if name not in homes:
+        raise AttributeError(name)
+    return getattr(importlib.import_module(homes[name]), name)

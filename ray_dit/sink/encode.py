@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +24,8 @@ FORMAT_INFO: dict[str, tuple[str, str]] = {
     "webp": ("image/webp", "webp"),
     "mp4": ("video/mp4", "mp4"),
 }
+#: file extension -> content type (one to one, so a stored file's name tells its type)
+CONTENT_TYPES = {extension: content_type for content_type, extension in FORMAT_INFO.values()}
 DEFAULT_FORMAT = {"image": "png", "video": "mp4"}
 JPEG_QUALITY = 92
 WEBP_QUALITY = 90
@@ -50,6 +53,10 @@ class EncodedOutput:
     height: int
     frames: int
     fps: int | None
+
+    def facts(self) -> dict[str, Any]:
+        """Format, size, frames and fps: shared by the manifest row and the StoredOutput."""
+        return {name: getattr(self, name) for name in ("format", "width", "height", "frames", "fps")}
 
 
 def resolve_format(kind: str, output_format: str | None) -> str:

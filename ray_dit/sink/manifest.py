@@ -1,17 +1,14 @@
 """Parquet manifest: one row per stored output, as a pyarrow dataset under the spool.
 
-A row is first written as a tiny JSON file (temp, fsync, rename) *before* its spool entry is
-removed, so a crash can never lose a row whose object was uploaded; rows are then folded into
-``part-*.parquet`` files in small batches (temp file, fsync, rename) and those parts are uploaded
-to ``{prefix}/manifest/`` later. After a crash a row may appear twice (at-least-once, like the
-objects): deduplicate on ``key``. Layout under ``root`` (``{spool_dir}/manifest``)::
+A row is logged as a tiny JSON file *before* its spool entry is removed, so a crash never loses
+the row of an uploaded object; rows are folded into ``part-*.parquet`` files in batches, which
+are uploaded to ``{prefix}/manifest/``. After a crash a row may appear twice (at-least-once, like
+the objects): deduplicate on ``key``. Layout under ``root`` (pyarrow ignores '_' and '.' names)::
 
     part-<utc>-<id>.parquet   the dataset (read it with pyarrow.dataset.dataset(root))
     _rows/*.json              rows not yet folded into a part
     _uploaded/<part name>     marker: this part is in S3
     _lock                     flock held by whichever process folds or uploads
-
-Names starting with '_' or '.' are ignored by pyarrow's dataset discovery.
 """
 
 from __future__ import annotations
@@ -21,7 +18,6 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -31,6 +27,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from ray_dit.sink.files import fsync_dir, replacing, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +66,6 @@ COLUMNS = tuple(SCHEMA.names)
 _TIME_COLUMNS = ("created", "uploaded")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _to_timestamp(value: Any) -> datetime | None:
     if value is None:
         return None
@@ -90,8 +80,7 @@ class Manifest:
     def __init__(self, root: str | os.PathLike[str], batch_rows: int = 256) -> None:
         self.root = Path(root).resolve()
         self.batch_rows = batch_rows
-        self._rows = self.root / "_rows"
-        self._uploaded = self.root / "_uploaded"
+        self._rows, self._uploaded = self.root / "_rows", self.root / "_uploaded"
         for path in (self.root, self._rows, self._uploaded):
             path.mkdir(parents=True, exist_ok=True)
 
@@ -110,20 +99,9 @@ class Manifest:
             clean[name] = stamp.timestamp() if stamp else None
         data = json.dumps(clean, sort_keys=True).encode()
         name = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
-        fd, tmp = tempfile.mkstemp(dir=self._rows, prefix=".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                if durable:
-                    handle.flush()
-                    os.fsync(handle.fileno())
-            os.replace(tmp, self._rows / name)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_atomic(self._rows / name, data, self._rows, durable=durable)
         if durable:
-            _fsync_dir(self._rows)
+            fsync_dir(self._rows)
 
     def pending_rows(self) -> int:
         return sum(1 for p in self._rows.iterdir() if p.suffix == ".json" and not p.name.startswith("."))
@@ -169,18 +147,9 @@ class Manifest:
         table = pa.Table.from_pydict(columns, schema=SCHEMA)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         final = self.root / f"part-{stamp}-{uuid.uuid4().hex[:12]}.parquet"
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".", suffix=".tmp")
-        os.close(fd)
-        try:
+        with replacing(final, self.root) as tmp:
             pq.write_table(table, tmp, compression="zstd")
-            with open(tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         return final
 
     def parts(self) -> list[Path]:
@@ -190,11 +159,8 @@ class Manifest:
         return [p for p in self.parts() if not (self._uploaded / p.name).exists()]
 
     def upload(self, put: Callable[[str, bytes], object]) -> int:
-        """Upload every part not yet marked as uploaded with ``put(part_name, data)``.
-
-        ``put`` raises on failure; the part then stays unmarked and is tried again next time.
-        Returns how many parts were uploaded.
-        """
+        """Upload the parts not yet marked as uploaded with ``put(part_name, data)``; returns how
+        many. A part whose ``put`` raises stays unmarked and is tried again next time."""
         done = 0
         with self._locked() as mine:
             if not mine:

@@ -22,7 +22,6 @@ import logging
 import re
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import boto3
@@ -31,6 +30,7 @@ from botocore import UNSIGNED
 from botocore.config import Config
 
 from ray_dit.config import StorageSettings
+from ray_dit.errors import RayDitError
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ PERMANENT_CODES = frozenset(
 )
 
 
-class StorageError(RuntimeError):
+class StorageError(RayDitError):
     """A sanitized S3 failure: operation, status and error code, never bodies or credentials."""
 
     def __init__(
@@ -72,13 +72,6 @@ def _rebuild_error(
     message: str, op: str, status: int | None, code: str | None, retryable: bool
 ) -> StorageError:
     return StorageError(message, op=op, status=status, code=code, retryable=retryable)
-
-
-@dataclass(frozen=True)
-class PutResult:
-    etag: str
-    attempts: int
-    seconds: float
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,29 +202,28 @@ def client_config(settings: StorageSettings, *, signed: bool = True) -> Config:
     )
 
 
-class S3Store:
+class S3Bucket:
     """One bucket behind one boto3 client (thread-safe once built); one per sink replica."""
 
     def __init__(self, settings: StorageSettings) -> None:
         if not settings.s3_enabled or not settings.bucket:
-            raise ValueError("S3Store needs SGLANG_CLOUD_STORAGE_TYPE=s3 and SGLANG_S3_BUCKET_NAME")
+            raise ValueError("S3Bucket needs SGLANG_CLOUD_STORAGE_TYPE=s3 and SGLANG_S3_BUCKET_NAME")
         self.settings = settings
         self.bucket: str = settings.bucket
-        pin_library_loggers(settings.access_key_id, settings.secret_access_key)
+        key_id = settings.access_key_id.get_secret_value() if settings.access_key_id else None
+        secret = settings.secret_access_key.get_secret_value() if settings.secret_access_key else None
+        pin_library_loggers(key_id, secret)
         session = boto3.session.Session()  # never the shared default session (not thread-safe)
         credentials: dict[str, str] = {}
-        if settings.access_key_id and settings.secret_access_key:
-            credentials = {
-                "aws_access_key_id": settings.access_key_id,
-                "aws_secret_access_key": settings.secret_access_key,
-            }
+        if key_id and secret:
+            credentials = {"aws_access_key_id": key_id, "aws_secret_access_key": secret}
         common = {"region_name": settings.region, "endpoint_url": settings.endpoint_url}
         self._client = session.client("s3", config=client_config(settings), **common, **credentials)
         self._unsigned = session.client("s3", config=client_config(settings, signed=False), **common)
         self._repinned = False
 
     def __repr__(self) -> str:
-        return f"S3Store(bucket={self.bucket!r}, endpoint={self.settings.endpoint_url!r})"
+        return f"S3Bucket(bucket={self.bucket!r}, endpoint={self.settings.endpoint_url!r})"
 
     def _where(self, key: str | None = None) -> str:
         return f"s3://{self.bucket}/{key}" if key else f"bucket {self.bucket!r}"
@@ -260,8 +252,9 @@ class S3Store:
         finally:
             self._after_call()
 
-    def put(self, key: str, data: bytes, content_type: str, md5_hex: str) -> PutResult:
-        """Single-part PUT with Content-MD5 and Content-Type; confirms ETag == MD5 (if enabled)."""
+    def put(self, key: str, data: bytes, content_type: str, md5_hex: str) -> float:
+        """Single-part PUT with Content-MD5 and Content-Type; confirms ETag == MD5 (if enabled).
+        Returns the seconds it took (the manifest's ``upload_s``)."""
         started = time.monotonic()
         content_md5 = base64.b64encode(bytes.fromhex(md5_hex)).decode()
         try:
@@ -281,8 +274,7 @@ class S3Store:
                 code="ETagMismatch",
                 retryable=True,
             )
-        attempts = int(response.get("ResponseMetadata", {}).get("RetryAttempts", 0)) + 1
-        return PutResult(etag=etag, attempts=attempts, seconds=time.monotonic() - started)
+        return time.monotonic() - started
 
     def get(self, key: str) -> bytes | None:
         """The object's bytes, or None when it does not exist."""
@@ -296,20 +288,16 @@ class S3Store:
                 return None
             raise error from None
 
-    def head(self, key: str) -> dict[str, Any] | None:
-        """Size, ETag and content type of an object, or None when it does not exist."""
+    def exists(self, key: str) -> bool:
+        """Whether the object is in the bucket (HEAD); raises StorageError if S3 cannot say."""
         try:
-            response = self._client.head_object(Bucket=self.bucket, Key=key)
+            self._client.head_object(Bucket=self.bucket, Key=key)
         except Exception as exc:
             error = sanitize(exc, "HeadObject", self._where(key), self.settings.endpoint_url)
             if error.status == 404:
-                return None
+                return False
             raise error from None
-        return {
-            "size": int(response.get("ContentLength", 0)),
-            "etag": str(response.get("ETag", "")).strip('"').lower(),
-            "content_type": response.get("ContentType"),
-        }
+        return True
 
     def object_url(self, key: str) -> str:
         """The object's plain URL, credential-free and stable (what the manifest records)."""

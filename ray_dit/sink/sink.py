@@ -1,13 +1,8 @@
-"""FrameSink: the plain-Python object a Ray Serve sink deployment wraps.
+"""FrameSink: the plain-Python object a Ray Serve sink deployment wraps (nothing here knows Ray).
 
-``store()`` encodes, spools (the durable acknowledgement) and hands off to the background
-uploader, then returns at once: it never waits for S3, so neither the GPU replica nor a b64_json
-response is slowed by storage. Everything Ray-specific stays in ``ray_dit.serve``.
-
-With S3 off (``SGLANG_CLOUD_STORAGE_TYPE`` unset) outputs go to a local store under
-``{spool_dir}/local`` that is a bounded cache, not durable storage: when a put takes it over
-``spool_max_bytes`` the oldest outputs are evicted, so a long-running server without S3 keeps
-serving instead of refusing work forever. ``is_full()`` is therefore only ever True with S3 on.
+``store()`` encodes each output, builds its key and hands it to the backend of the storage mode
+(:mod:`ray_dit.sink.backend`). With S3 on, the acknowledgement is the durable spool write and
+uploads run in the background: neither the GPU replica nor a b64_json response waits for S3.
 """
 
 from __future__ import annotations
@@ -18,51 +13,42 @@ import os
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ray_dit.api import GenerationResult, StoredOutput
 from ray_dit.config import StorageSettings
 from ray_dit.sink import keys
-from ray_dit.sink.encode import FORMAT_INFO, EncodedOutput, encode_output, resolve_format
+from ray_dit.sink.backend import Backend, LocalBackend, Output
+from ray_dit.sink.encode import EncodedOutput, encode_output, resolve_format
 from ray_dit.sink.manifest import Manifest
-from ray_dit.sink.spool import Spool, split_key
-
-if TYPE_CHECKING:
-    from ray_dit.sink.s3 import S3Store
-    from ray_dit.sink.uploader import Uploader
 
 log = logging.getLogger(__name__)
 
-_REMEMBER_KEYS = 100_000
 ENCODE_THREADS = 4  # = the default RAY_DIT_MAX_N: a request's outputs encode side by side
 ENCODE_ATTEMPTS = 3  # an encoder child process (ffmpeg) that fails to start or dies is retried
-CONTENT_TYPES = {extension: content_type for content_type, extension in FORMAT_INFO.values()}
 
 
 @dataclass(frozen=True)
-class _RequestFacts:
+class _Request:
     """What every output of one request shares."""
 
     request_id: str
     fmt: str
-    when: datetime
-    cache_json: str
-    timings_json: str
+    when: datetime  # one date, so one key prefix, for all outputs of a request
+    row: dict[str, Any]  # the request's manifest columns
     include_data: bool
 
 
 class FrameSink:
-    """Encode -> spool -> upload, for one sink replica. Thread-safe; call ``close()`` at the end.
+    """Encode -> store, for one sink replica. Thread-safe; call ``close()`` at the end.
 
-    ``check_bucket``: run a HeadBucket at start. A definitive misconfiguration (no such bucket,
-    access denied, bad credentials) raises :class:`ray_dit.sink.s3.StorageError`; an unreachable
-    endpoint only logs a warning, because the spool exists precisely to ride out S3 being down.
-    ``backoff_base_s``/``rescan_s`` tune the upload loop (tests shorten them).
+    ``check_bucket`` runs a HeadBucket at start: a definitive misconfiguration raises
+    :class:`ray_dit.sink.s3.StorageError`, an unreachable S3 only logs a warning (the spool rides
+    that out). ``backoff_base_s``/``rescan_s`` tune the upload loop (tests shorten them).
     """
 
     def __init__(
@@ -75,73 +61,30 @@ class FrameSink:
         rescan_s: float = 2.0,
     ) -> None:
         self.settings = settings
-        root = Path(settings.spool_dir)
-        self.manifest = Manifest(root / "manifest")
+        self.manifest = Manifest(Path(settings.spool_dir) / "manifest")
+        self._backend: Backend
+        if settings.s3_enabled:  # the one place a mode is chosen; boto3 is imported only here
+            from ray_dit.sink.s3_backend import S3Backend
+
+            self._backend = S3Backend(settings, self.manifest, check_bucket, start, backoff_base_s, rescan_s)
+        else:
+            self._backend = LocalBackend(settings, self.manifest, start)
         self._closed = False
         self._lock = threading.Lock()
-        self._known: OrderedDict[tuple[str, int], tuple[str, str]] = OrderedDict()  # -> key, type
-        self._store: S3Store | None = None
-        self._uploader: Uploader | None = None
-        self._manifest_thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
-        self._stop = threading.Event()
-        if settings.s3_enabled:
-            from ray_dit.sink.s3 import S3Store, StorageError
-            from ray_dit.sink.uploader import Uploader
-
-            self.spool = Spool(root, settings.spool_max_bytes)
-            self.spool.sweep()
-            self._store = S3Store(settings)
-            if check_bucket:
-                try:
-                    self._store.check_bucket()
-                except StorageError as exc:
-                    if not exc.retryable:
-                        self._store.close()
-                        raise
-                    log.warning("S3 not reachable at start (outputs will wait in the spool): %s", exc)
-            self._uploader = Uploader(
-                self.spool,
-                self._store,
-                self.manifest,
-                key_prefix=settings.key_prefix,
-                workers=settings.upload_concurrency,
-                backoff_base_s=backoff_base_s,
-                backoff_max_s=settings.backoff_max_s,
-                rescan_s=rescan_s,
-                manifest_flush_s=settings.manifest_flush_s,
-            )
-            if start:
-                self._uploader.start()
-        else:
-            self.spool = Spool(root / "local", settings.spool_max_bytes, evict_oldest=True, durable=False)
-            self.spool.sweep()
-            left = len(Spool(root, settings.spool_max_bytes).names()) if (root / "pending").is_dir() else 0
-            if left:
-                log.warning(
-                    "%d outputs from an earlier S3 run wait in %s; they upload when S3 is enabled again",
-                    left,
-                    root / "pending",
-                )
-            if start:
-                self._manifest_thread = threading.Thread(
-                    target=self._manifest_loop, name="ray-dit-manifest", daemon=True
-                )
-                self._manifest_thread.start()
 
     def __repr__(self) -> str:
         return f"FrameSink({self.settings!r})"
 
     @property
     def s3_enabled(self) -> bool:
-        return self._store is not None
+        return self._backend.storage == "s3"
 
     @property
     def closed(self) -> bool:
         return self._closed
 
-    # ---------------------------------------------------------------------------------------
-    # storing
+    # -- storing ------------------------------------------------------------------------------
 
     def store(
         self,
@@ -151,260 +94,149 @@ class FrameSink:
         include_data: bool = False,
         wait_url_s: float = 0.0,
     ) -> list[StoredOutput]:
-        """Encode and durably spool every output of ``result``; by default returns without
-        waiting for S3.
+        """Encode and store every output of ``result``; by default returns without waiting for S3.
 
-        ``output_format`` None means png for images and mp4 for videos; a format that does not
-        fit the kind is a ValueError. ``include_data`` puts the encoded bytes in each
-        StoredOutput (for b64_json, which never waits). ``wait_url_s`` > 0 (url responses) waits
-        up to that long in total for the uploads and fills ``url`` for those confirmed; the rest
-        keep ``url=None`` and land in S3 later. Never refuses because the spool is full:
-        admission control (``is_full()``) belongs before the denoise, and a finished output is
-        never dropped.
-        """
+        ``output_format`` None means the kind's default (png, mp4); one that does not fit the
+        kind is a ValueError. ``include_data`` puts the bytes in each StoredOutput (b64_json);
+        ``wait_url_s`` > 0 waits up to that long in all and fills ``url`` for confirmed uploads.
+        Never refuses for a full spool: admission (``is_full()``) comes before the denoise."""
         if self._closed:
             raise RuntimeError("FrameSink is closed")
-        fmt = resolve_format(result.kind, output_format)
-        request_id = keys.check_request_id(result.request_id or uuid.uuid4().hex)
-        frames = result.frames
-        if getattr(frames, "ndim", 0) != 5:
-            raise ValueError("frames: must be uint8 [n_outputs, n_frames, H, W, 3]")
-        facts = _RequestFacts(
-            request_id=request_id,
-            fmt=fmt,
-            when=datetime.now(timezone.utc),  # one date for all outputs of a request
-            cache_json=json.dumps(result.cache.as_dict(), sort_keys=True),
-            timings_json=json.dumps(result.timings, sort_keys=True),
-            include_data=include_data,
-        )
-        count = frames.shape[0]
-        if count == 1 or fmt == "jpeg":
-            # JPEG takes a few ms even at 1024x1024: threads would cost more than they save.
-            outputs = [self._store_one(result, i, facts) for i in range(count)]
+        request = self._request(result, output_format, include_data)
+        count = result.frames.shape[0]
+        if count == 1 or request.fmt == "jpeg":
+            # JPEG is too quick to gain from threads (docs/storage.md, "Encoding time").
+            outputs = [self._store_one(result, i, request) for i in range(count)]
         else:
-            # The PNG, WebP and MP4 encoders release the GIL, so n outputs encode side by side:
-            # with the cores for it, an n=4 request is stored in about one output's time
-            # (benchmarks/sink_store.py).
-            outputs = list(self._encode_pool().map(lambda i: self._store_one(result, i, facts), range(count)))
-        if wait_url_s > 0 and self._uploader is not None:
+            # The PNG, WebP and MP4 encoders release the GIL, so n outputs encode side by side.
+            outputs = list(
+                self._encode_pool().map(lambda i: self._store_one(result, i, request), range(count))
+            )
+        if wait_url_s > 0:
             deadline = time.monotonic() + wait_url_s
             for out in outputs:
                 out.url = self.wait_url(out.key, max(0.0, deadline - time.monotonic()))
         return outputs
 
-    def _encode(self, result: GenerationResult, index: int, facts: _RequestFacts) -> EncodedOutput:
+    @staticmethod
+    def _request(result: GenerationResult, output_format: str | None, include_data: bool) -> _Request:
+        """Validate the format, the request id and the frames before any work is done."""
+        fmt = resolve_format(result.kind, output_format)
+        request_id = keys.check_request_id(result.request_id or uuid.uuid4().hex)
+        if getattr(result.frames, "ndim", 0) != 5:
+            raise ValueError("frames: must be uint8 [n_outputs, n_frames, H, W, 3]")
+        row = {
+            "seed": result.seed,
+            "steps": result.steps,
+            "cache_stats": json.dumps(result.cache.as_dict(), sort_keys=True),
+            "timings": json.dumps(result.timings.as_dict(), sort_keys=True),
+            "denoise_s": result.timings.denoise_s,
+        }
+        return _Request(request_id, fmt, datetime.now(timezone.utc), row, include_data)
+
+    def _encode(self, result: GenerationResult, index: int, request: _Request) -> EncodedOutput:
         """Encode output ``index``, retrying OS-level failures: the frames are a finished denoise,
         and an ffmpeg child that could not start or died (out of processes or memory for a
         moment) must not lose them. Bad frames or formats raise at once."""
+        frames, level = result.frames[index], self.settings.png_compress_level
         attempt = 1
         while True:
             try:
-                return encode_output(
-                    result.frames[index],
-                    result.kind,
-                    facts.fmt,
-                    result.fps,
-                    png_level=self.settings.png_compress_level,
-                )
+                return encode_output(frames, result.kind, request.fmt, result.fps, png_level=level)
             except OSError as exc:
                 if attempt >= ENCODE_ATTEMPTS:
                     raise
-                log.warning(
-                    "encoding %s output %d as %s failed (attempt %d of %d), retrying: %s",
-                    facts.request_id,
-                    index,
-                    facts.fmt,
-                    attempt,
-                    ENCODE_ATTEMPTS,
-                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-                )
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                message = "encoding %s output %d as %s failed (attempt %d of %d), retrying: %s"
+                log.warning(message, request.request_id, index, request.fmt, attempt, ENCODE_ATTEMPTS, reason)
                 attempt += 1
 
-    def _store_one(self, result: GenerationResult, index: int, facts: _RequestFacts) -> StoredOutput:
-        """Encode and spool output ``index``: each output is acknowledged on its own."""
-        request_id = facts.request_id
+    def _store_one(self, result: GenerationResult, index: int, request: _Request) -> StoredOutput:
+        """Encode and store output ``index``: each output is acknowledged on its own."""
         started = time.perf_counter()
-        encoded = self._encode(result, index, facts)
+        encoded = self._encode(result, index, request)
         encode_s = time.perf_counter() - started
-        key = keys.build_key(self.settings.key_prefix, request_id, index, encoded.extension, facts.when)
-        row = {
-            "format": encoded.format,
-            "width": encoded.width,
-            "height": encoded.height,
-            "frames": encoded.frames,
-            "fps": encoded.fps,
-            "seed": result.seed,
-            "steps": result.steps,
-            "cache_stats": facts.cache_json,
-            "timings": facts.timings_json,
-            "denoise_s": result.timings.get("denoise_s"),
-            "encode_s": encode_s,
-        }
-        meta = {
-            "content_type": encoded.content_type,
-            "request_id": request_id,
-            "output_index": index,
-            "row": row,
-        }
+        key = keys.build_key(
+            self.settings.key_prefix, request.request_id, index, encoded.extension, request.when
+        )
+        row = {**request.row, **encoded.facts(), "encode_s": encode_s}
         started = time.perf_counter()
-        entry = self.spool.put(key, encoded.data, meta)
+        written = self._backend.put(
+            Output(key, request.request_id, index, encoded.content_type, encoded.data, row)
+        )
         spool_s = time.perf_counter() - started
-        with self._lock:
-            self._known[(request_id, index)] = (key, encoded.content_type)
-            self._known.move_to_end((request_id, index))
-            while len(self._known) > _REMEMBER_KEYS:
-                self._known.popitem(last=False)
-        if self._uploader is not None:
-            self._uploader.notify(entry)
-        else:
-            self.manifest.record(
-                {
-                    **row,
-                    "request_id": request_id,
-                    "output_index": index,
-                    "key": key,
-                    "storage": "local",
-                    "bytes": entry.size,
-                    "md5": entry.md5,
-                    "content_type": entry.content_type,
-                    "created": entry.created,
-                },
-                durable=False,  # the local store is a cache: its rows need no disk flush
-            )
         return StoredOutput(
-            request_id=request_id,
+            request_id=request.request_id,
             index=index,
             key=key,
-            format=encoded.format,
             content_type=encoded.content_type,
             extension=encoded.extension,
-            num_bytes=entry.size,
-            md5=entry.md5,
-            width=encoded.width,
-            height=encoded.height,
-            frames=encoded.frames,
-            fps=encoded.fps,
+            num_bytes=written.size,
+            md5=written.md5,
             storage="s3" if self.s3_enabled else "local",
-            url=None,
-            local_path=str(entry.data_path),
             encode_s=encode_s,
             spool_s=spool_s,
-            created=entry.created,
-            data=encoded.data if facts.include_data else None,
+            created=written.created,
+            data=encoded.data if request.include_data else None,
+            **encoded.facts(),
         )
 
     def _encode_pool(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(
-                    max_workers=min(ENCODE_THREADS, os.cpu_count() or 1), thread_name_prefix="ray-dit-encode"
-                )
+                workers = min(ENCODE_THREADS, os.cpu_count() or 1)
+                self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ray-dit-encode")
             return self._pool
 
-    # ---------------------------------------------------------------------------------------
-    # URLs and status
+    # -- URLs, status and content (served by the ingress at /v1/images/{id}/content) ----------
 
     def status(self, key: str) -> str:
         """``pending``, ``uploaded``, ``unknown`` (S3 on) or ``local`` (S3 off)."""
-        if self._uploader is None:
-            return "local"
-        return self._uploader.status(key).state
+        return self._backend.status(key)
 
     def url_for(self, key: str) -> str | None:
         """The client URL (presigned or public) if ``key`` is confirmed in S3, else None."""
-        if self._uploader is None or self._store is None:
-            return None
-        if self._uploader.status(key).state != "uploaded":
-            return None
-        return self._store.url(key)
+        return self._backend.url_for(key)
 
     def wait_url(self, key: str, timeout: float | None = None) -> str | None:
         """Wait up to ``timeout`` (default ``RAY_DIT_S3_URL_WAIT_S``) for the upload; the URL, or
         None: then answer with the ingress's own content URL (the object lands in S3 later)."""
-        if self._uploader is None or self._store is None:
-            return None
-        wait = self.settings.url_wait_s if timeout is None else timeout
-        if not self._uploader.wait_uploaded(key, wait):
-            return None
-        return self._store.url(key)
-
-    # ---------------------------------------------------------------------------------------
-    # content served by the ingress (/v1/images/{id}/content)
+        return self._backend.wait_url(key, self.settings.url_wait_s if timeout is None else timeout)
 
     def content(self, request_id: str, index: int = 0, key: str | None = None) -> tuple[bytes, str] | None:
-        """(bytes, content type) of one output: from the spool/local store, else from S3.
+        """(bytes, content type) of one output, or None when not found: from the spool or local
+        store, else from S3, asked for outputs this replica stored or for ``key`` (kept from the
+        StoredOutput; it must belong to ``request_id``/``index``). Raises StorageError when S3
+        has to be asked and cannot be reached (answer 503 then)."""
+        return self._backend.content(request_id, index, key)
 
-        S3 is asked for outputs this replica stored, or for ``key`` when the caller kept it (from
-        the StoredOutput; it must belong to ``request_id``/``index``). None when the output is not
-        found. Raises StorageError if S3 has to be asked and cannot be reached (answer 503 then).
-        """
-        found = self.spool.read(request_id, index)
-        if found is not None:
-            data, entry = found
-            return data, entry.content_type
-        if self._store is None:
-            return None
-        with self._lock:
-            known = self._known.get((request_id, index))
-        if known is None and key is not None:
-            name, extension = split_key(key)
-            if name != keys.entry_name(request_id, index):
-                raise ValueError("key: does not belong to this request_id and index")
-            known = (key, CONTENT_TYPES[extension])
-        if known is None:
-            return None
-        data = self._store.get(known[0])
-        return None if data is None else (data, known[1])
-
-    # ---------------------------------------------------------------------------------------
-    # admission and health
+    # -- admission, health and shutdown -------------------------------------------------------
 
     def is_full(self) -> bool:
         """True when the spool reached its cap: refuse new work (503 + Retry-After) until it drains."""
-        return self.s3_enabled and self.spool.is_full()
+        return self._backend.is_full()
 
     def stats(self) -> dict[str, Any]:
         """Numbers for metrics and /health: spool bytes and age, uploads, retries."""
-        data: dict[str, Any] = {
-            "storage": "s3" if self.s3_enabled else "local",
-            "spool_bytes": self.spool.used_bytes(),
-            "spool_max_bytes": self.spool.max_bytes,
-            "spool_entries": len(self.spool.names()),
-            "oldest_age_s": self.spool.oldest_age_s(),
+        limit = int(self.settings.spool_max_bytes)
+        return {
+            "storage": self._backend.storage,
+            "spool_max_bytes": limit,
             "full": self.is_full(),
+            **self._backend.stats(),
         }
-        if self._uploader is not None:
-            data.update(self._uploader.stats())
-        return data
 
     def drain(self, timeout: float) -> bool:
         """Wait until every spooled output (of every process on this spool) is in S3."""
-        if self._uploader is None:
-            return True
-        return self._uploader.drain(timeout)
-
-    # ---------------------------------------------------------------------------------------
-    # shutdown
+        return self._backend.drain(timeout)
 
     def close(self, timeout: float = 30.0, drain: bool = False) -> None:
-        """Stop the background loop; with ``drain``, first wait up to ``timeout`` for the spool to
+        """Stop the background work; with ``drain``, first wait up to ``timeout`` for the spool to
         empty. Whatever is not uploaded stays in the spool and is resumed by the next sink."""
         if self._closed:
             return
         self._closed = True
-        if self._uploader is not None:
-            if drain:
-                self._uploader.drain(timeout)
-            self._uploader.stop(timeout)
-        self._stop.set()
-        if self._manifest_thread is not None:
-            self._manifest_thread.join(timeout)
-        try:
-            self.manifest.flush()
-        except OSError as exc:
-            log.error("manifest flush at close failed: %s", exc.strerror or exc)
-        if self._store is not None:
-            self._store.close()
+        self._backend.close(timeout, drain)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 
@@ -413,11 +245,3 @@ class FrameSink:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _manifest_loop(self) -> None:
-        while not self._stop.wait(min(self.settings.manifest_flush_s, 5.0)):
-            try:
-                if self.manifest.pending_rows():
-                    self.manifest.flush()
-            except OSError as exc:
-                log.error("manifest flush failed: %s", exc.strerror or exc)

@@ -1,32 +1,25 @@
-"""Node-local, at-least-once spool of encoded outputs.
+"""Node-local, at-least-once queue of encoded outputs waiting for S3.
 
-An output is acknowledged only once its bytes and a small JSON record are durably on disk (temp
-file, fsync, rename, directory fsync), and its entry is removed only after S3 confirmed the upload.
-Several sink processes on one node may share a spool directory: every change to an entry happens
-under that entry's ``flock`` lock, which the kernel releases when its holder dies, so an entry
-left behind by a killed process is simply claimed by the next uploader that scans the directory.
-
-Layout under ``root``::
+An output is acknowledged only once its bytes and a small JSON record are durably on disk, and
+its entry is removed only after S3 confirmed the upload. Sink processes on one node may share a
+spool: every change to an entry happens under that entry's ``flock`` lock, which the kernel
+releases when its holder dies, so whoever scans next takes over a killed process's entries.
+Layout under ``root`` (``name`` is ``{request_id}_{index}``)::
 
     pending/{name}.{ext}   the encoded bytes (a normal image/video file, servable as is)
     pending/{name}.json    the record; its presence is what makes an entry exist
     locks/{name}.lock      per-entry flock files
     tmp/                   writes in progress
     quarantine/            entries whose bytes no longer match their MD5
-
-``name`` is ``{request_id}_{index}``, built by :mod:`ray_dit.sink.keys`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
-import re
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -34,18 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ray_dit.errors import RayDitError
 from ray_dit.sink import keys
+from ray_dit.sink.files import fsync_dir, md5_hex, remove_stale, write_atomic
 
 log = logging.getLogger(__name__)
 
-_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,128}_\d{1,4}")
 META_VERSION = 1
 ORPHAN_AGE_S = 60.0  # a data file without a record, older than this, is garbage
-TMP_AGE_S = 3600.0
 PUT_LOCK_WAIT_S = 120.0
 
 
-class SpoolError(RuntimeError):
+class SpoolError(RayDitError):
     """The spool could not do what was asked (disk full, I/O error, lock not obtained)."""
 
 
@@ -96,46 +89,15 @@ class Claim:
             self.release()
 
 
-def md5_hex(data: bytes) -> str:
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Spool:
-    """A directory of entries with a byte cap; safe for several threads and processes.
+    """A directory of entries with a byte cap; safe for several threads and processes."""
 
-    ``evict_oldest=True`` turns it into a bounded cache (used as the local store when S3 is off):
-    a put that takes it over the cap removes the oldest other entries instead of reporting full.
-    ``durable=False`` skips the fsyncs (writes stay atomic: temp file, then rename). That suits
-    the local store, a cache whose loss on a power cut costs nothing that was promised, and it
-    takes the disk flush (milliseconds, far more on network disks) off every response.
-    """
-
-    def __init__(
-        self,
-        root: str | os.PathLike[str],
-        max_bytes: int,
-        *,
-        evict_oldest: bool = False,
-        durable: bool = True,
-        scan_interval_s: float = 0.5,
-    ) -> None:
+    def __init__(self, root: str | os.PathLike[str], max_bytes: int, *, scan_interval_s: float = 0.5) -> None:
         self.root = Path(root).resolve()
-        self.durable = durable
         self.max_bytes = int(max_bytes)
-        self.evict_oldest = evict_oldest
         self._scan_interval_s = scan_interval_s
-        self._pending = self.root / "pending"
-        self._locks = self.root / "locks"
-        self._tmp = self.root / "tmp"
-        self._quarantine = self.root / "quarantine"
+        self._pending, self._locks = self.root / "pending", self.root / "locks"
+        self._tmp, self._quarantine = self.root / "tmp", self.root / "quarantine"
         for path in (self._pending, self._locks, self._tmp, self._quarantine):
             path.mkdir(parents=True, exist_ok=True)
         self._mutex = threading.Lock()
@@ -145,59 +107,32 @@ class Spool:
     def __repr__(self) -> str:
         return f"Spool(root={str(self.root)!r}, max_bytes={self.max_bytes})"
 
-    # ---------------------------------------------------------------------------------------
-    # paths
-
-    def _inside(self, path: Path) -> Path:
-        real = Path(os.path.realpath(path))
-        if self.root not in real.parents:
-            raise SpoolError("spool path escapes the spool directory")
+    def _path(self, directory: Path, name: str, suffix: str) -> Path:
+        """A path for entry ``name``, refused if it resolves outside the spool."""
+        real = Path(os.path.realpath(directory / f"{name}.{suffix}"))
+        if not keys.NAME_RE.fullmatch(name) or self.root not in real.parents:
+            raise SpoolError("invalid spool entry name, or a path outside the spool")
         return real
-
-    def _meta_path(self, name: str) -> Path:
-        return self._inside(self._pending / f"{_check_name(name)}.json")
-
-    def _data_path(self, name: str, extension: str) -> Path:
-        return self._inside(self._pending / f"{_check_name(name)}.{keys.check_extension(extension)}")
-
-    def _lock_path(self, name: str) -> Path:
-        return self._inside(self._locks / f"{_check_name(name)}.lock")
-
-    # ---------------------------------------------------------------------------------------
-    # writing
 
     def put(self, key: str, data: bytes, meta: Mapping[str, Any] | None = None) -> SpoolEntry:
         """Durably store ``data`` for ``key`` and return its entry (the acknowledgement point).
-
-        ``meta`` must hold ``content_type``; anything else JSON-serialisable travels with the entry
-        (the manifest row's facts). Never refuses because of the cap: the caller checks
-        :meth:`is_full` before admitting new work, and a finished output is never dropped.
-        """
-        name, extension = split_key(key)
+        ``meta`` holds ``content_type`` and any JSON facts that travel with the entry. Never
+        refuses for the cap: admission checks :meth:`is_full`, and no finished output is dropped."""
+        name, extension = keys.split_key(key)
         meta = dict(meta or {})
         content_type = str(meta.pop("content_type", "") or "application/octet-stream")
-        data_path = self._data_path(name, extension)
-        meta_path = self._meta_path(name)
-        record = {
-            **meta,
-            "version": META_VERSION,
-            "name": name,
-            "key": key,
-            "file": data_path.name,
-            "size": len(data),
-            "md5": md5_hex(data),
-            "content_type": content_type,
-            "created": time.time(),
-        }
+        data_path = self._path(self._pending, name, extension)
+        record = {**meta, "version": META_VERSION, "name": name, "key": key, "file": data_path.name}
+        record.update(size=len(data), md5=md5_hex(data), content_type=content_type, created=time.time())
         encoded = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
         claim = self._claim_blocking(name, PUT_LOCK_WAIT_S)
         try:
-            old = self._load(meta_path)
+            old = self.get(name)
             # Bytes first, record last: a record always points at complete bytes.
-            self._write_atomic(data_path, data)
-            self._sync_dir()
-            self._write_atomic(meta_path, encoded)
-            self._sync_dir()
+            write_atomic(data_path, data, self._tmp)
+            fsync_dir(self._pending)
+            write_atomic(self._path(self._pending, name, "json"), encoded, self._tmp)
+            fsync_dir(self._pending)
             if old is not None and old.data_path != data_path:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(old.data_path)
@@ -205,41 +140,16 @@ class Spool:
             raise SpoolError(f"could not write spool entry {name}: {exc.strerror or exc}") from None
         finally:
             claim.release()
-        entry = self._entry_from_record(record)
         with self._mutex:
             if old is not None:
                 self._bytes_cache = None
             elif self._bytes_cache is not None:
-                self._bytes_cache += entry.size + len(encoded)
-        if self.evict_oldest:
-            self._evict(keep=name)
-        return entry
-
-    def _sync_dir(self) -> None:
-        if self.durable:
-            _fsync_dir(self._pending)
-
-    def _write_atomic(self, final: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix=final.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                if self.durable:
-                    handle.flush()
-                    os.fsync(handle.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-
-    # ---------------------------------------------------------------------------------------
-    # reading
+                self._bytes_cache += len(data) + len(encoded)
+        return self._entry_from_record(record)
 
     def _load(self, meta_path: Path) -> SpoolEntry | None:
         try:
-            record = json.loads(meta_path.read_bytes())
-            return self._entry_from_record(record)
+            return self._entry_from_record(json.loads(meta_path.read_bytes()))
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError, SpoolError):
@@ -248,22 +158,13 @@ class Spool:
             return None
 
     def _entry_from_record(self, record: Mapping[str, Any]) -> SpoolEntry:
-        name = _check_name(str(record["name"]))
-        key = str(record["key"])
-        key_name, extension = split_key(key)
+        name, key = str(record["name"]), str(record["key"])
+        key_name, extension = keys.split_key(key)
         if key_name != name or record["file"] != f"{name}.{extension}":
             raise SpoolError("spool record does not match its key")
-        return SpoolEntry(
-            name=name,
-            key=key,
-            data_path=self._data_path(name, extension),
-            meta_path=self._meta_path(name),
-            size=int(record["size"]),
-            md5=str(record["md5"]),
-            content_type=str(record["content_type"]),
-            created=float(record["created"]),
-            meta=record,
-        )
+        paths = self._path(self._pending, name, extension), self._path(self._pending, name, "json")
+        size, md5, content_type = int(record["size"]), str(record["md5"]), str(record["content_type"])
+        return SpoolEntry(name, key, *paths, size, md5, content_type, float(record["created"]), record)
 
     @staticmethod
     def _size_of(entry: SpoolEntry) -> int:
@@ -274,7 +175,7 @@ class Spool:
 
     def get(self, name: str) -> SpoolEntry | None:
         """The entry called ``name`` (``{request_id}_{index}``), or None once it is gone."""
-        return self._load(self._meta_path(name))
+        return self._load(self._path(self._pending, name, "json"))
 
     def names(self) -> set[str]:
         """Names of the entries present now (cheap: a directory listing, no record reads)."""
@@ -282,25 +183,14 @@ class Spool:
             return {
                 item.name[:-5]
                 for item in scan
-                if item.name.endswith(".json") and _NAME_RE.fullmatch(item.name[:-5])
+                if item.name.endswith(".json") and keys.NAME_RE.fullmatch(item.name[:-5])
             }
 
     def pending(self) -> list[SpoolEntry]:
         """Every entry in the spool, oldest first, including those left by dead processes."""
-        entries = []
-        total = 0
-        for path in self._pending.glob("*.json"):
-            if not _NAME_RE.fullmatch(path.stem):
-                continue
-            entry = self._load(path)
-            if entry is None or not entry.data_path.exists():
-                continue
-            entries.append(entry)
-            total += self._size_of(entry)
-        with self._mutex:
-            self._bytes_cache, self._bytes_at = total, time.monotonic()
-        entries.sort(key=lambda e: (e.created, e.name))
-        return entries
+        entries = [self.get(name) for name in self.names()]
+        found = [entry for entry in entries if entry is not None and entry.data_path.exists()]
+        return sorted(found, key=lambda e: (e.created, e.name))
 
     def read(self, request_id: str, index: int) -> tuple[bytes, SpoolEntry] | None:
         """The bytes and entry of one output, or None when it is not (or no longer) here."""
@@ -313,12 +203,11 @@ class Spool:
         except FileNotFoundError:
             return None
 
-    # ---------------------------------------------------------------------------------------
-    # claiming and removing
+    # -- claims: who may upload or remove an entry --------------------------------------------
 
     def claim(self, name: str) -> Claim | None:
         """Try to take the entry's lock without waiting; None if another uploader holds it."""
-        path = self._lock_path(name)
+        path = self._path(self._locks, name, "lock")
         for _ in range(5):
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
@@ -353,12 +242,9 @@ class Spool:
             delay = min(delay * 2, 0.2)
 
     def remove(self, entry: SpoolEntry, claim: Claim | None = None) -> bool:
-        """Delete an entry (call only after S3 confirmed it). Returns False if it is not ours.
-
-        With ``claim`` (held by the caller) the entry is removed under that lock and the lock is
-        released; without one a lock is taken if free. An entry rewritten since ``entry`` was read
-        (a different MD5) is left alone: those new bytes still need uploading.
-        """
+        """Delete an entry once S3 confirmed it, under ``claim`` (released) or a free lock; False
+        if the lock is taken. An entry rewritten since ``entry`` was read (another MD5) is left
+        alone: those new bytes still need uploading."""
         own = claim if claim is not None and claim.held else self.claim(entry.name)
         if own is None:
             return False
@@ -393,8 +279,7 @@ class Spool:
             with contextlib.suppress(FileNotFoundError):
                 os.replace(path, self._quarantine / f"{path.name}.{int(time.time())}")
 
-    # ---------------------------------------------------------------------------------------
-    # size, cap and housekeeping
+    # -- size and housekeeping ----------------------------------------------------------------
 
     def _invalidate(self) -> None:
         with self._mutex:
@@ -421,70 +306,29 @@ class Spool:
 
     def oldest_age_s(self) -> float:
         """Age of the oldest entry (from file times: one listing, no record reads)."""
-        oldest = None
+        oldest = time.time()
         with os.scandir(self._pending) as scan:
             for item in scan:
-                if item.name.endswith(".json"):
-                    with contextlib.suppress(FileNotFoundError):
-                        mtime = item.stat().st_mtime
-                        oldest = mtime if oldest is None else min(oldest, mtime)
-        return max(0.0, time.time() - oldest) if oldest is not None else 0.0
-
-    def _evict(self, keep: str) -> None:
-        """Remove the oldest entries (never ``keep``) until the store is below its cap, i.e.
-        until :meth:`is_full` would say False (unless ``keep`` alone fills it)."""
-        if self.used_bytes() < self.max_bytes:
-            return
-        self._invalidate()
-        for entry in self.pending():
-            if self.used_bytes() < self.max_bytes:
-                break
-            if entry.name == keep:
-                continue
-            if self.remove(entry):
-                log.info("local store over its cap: evicted %s", entry.name)
-                self._invalidate()
+                with contextlib.suppress(FileNotFoundError):
+                    if item.name.endswith(".json"):
+                        oldest = min(oldest, item.stat().st_mtime)
+        return max(0.0, time.time() - oldest)
 
     def sweep(self) -> int:
         """Remove leftovers of crashed writers: stale temp files and bytes without a record."""
-        removed = 0
+        removed = remove_stale(self._tmp)
         now = time.time()
-        for path in self._tmp.iterdir():
-            with contextlib.suppress(FileNotFoundError):
-                if now - path.stat().st_mtime > TMP_AGE_S:
-                    path.unlink()
-                    removed += 1
         for path in self._pending.iterdir():
-            if path.suffix == ".json" or not _NAME_RE.fullmatch(path.stem):
+            if path.suffix == ".json" or not keys.NAME_RE.fullmatch(path.stem):
                 continue
             claim = self.claim(path.stem)
             if claim is None:
                 continue
-            with claim:
-                try:
-                    orphan = not (self._pending / f"{path.stem}.json").exists()
-                    if orphan and now - path.stat().st_mtime > ORPHAN_AGE_S:
-                        path.unlink()
-                        removed += 1
-                except FileNotFoundError:
-                    pass
+            with claim, contextlib.suppress(FileNotFoundError):
+                orphan = not (self._pending / f"{path.stem}.json").exists()
+                if orphan and now - path.stat().st_mtime > ORPHAN_AGE_S:
+                    path.unlink()
+                    removed += 1
         if removed:
             self._invalidate()
         return removed
-
-
-def _check_name(name: str) -> str:
-    if not _NAME_RE.fullmatch(name):
-        raise SpoolError("invalid spool entry name")
-    return name
-
-
-def split_key(key: str) -> tuple[str, str]:
-    """``.../{request_id}_{index}.{ext}`` -> (``{request_id}_{index}``, ``ext``), validated."""
-    keys.check_key(key)
-    base = key.rsplit("/", 1)[-1]
-    name, _, extension = base.rpartition(".")
-    if not _NAME_RE.fullmatch(name):
-        raise ValueError("key: must end in {request_id}_{index}.{ext}")
-    keys.check_extension(extension)
-    return name, extension

@@ -1,0 +1,64 @@
+"""Circuit breaker of the upload loop. Each failed upload backs off on its own, but with many
+entries waiting their retries still hammer an S3 that is down, burning the CPU the node's GPU
+replica needs. After ``trip_after`` failures in a row (any entries) the breaker trips: one probe
+at a time, spaced by a growing backoff, until one lands and everything resumes."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+
+log = logging.getLogger(__name__)
+
+TRIP_AFTER = 3
+
+
+def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:
+    """Exponential backoff with jitter: uniform in [d/2, d], d = min(max_s, base_s * 2**(attempt-1))."""
+    ceiling = min(max_s, base_s * (2 ** min(max(attempt - 1, 0), 30)))
+    return rng.uniform(ceiling / 2, ceiling)
+
+
+class Breaker:
+    """Failure streak, pause and concurrency limit of one upload loop. Thread-safe."""
+
+    def __init__(self, base_s: float, max_s: float, *, trip_after: int = TRIP_AFTER) -> None:
+        self.base_s, self.max_s, self.trip_after = base_s, max_s, trip_after
+        self._rng = random.Random()
+        self._lock = threading.Lock()
+        self._streak = 0  # failed attempts since the last success
+        self._paused_until = 0.0  # monotonic; while tripped nothing is tried before it
+
+    @property
+    def tripped(self) -> bool:
+        """True while S3 looks unreachable."""
+        return self._streak >= self.trip_after
+
+    def delay(self, attempt: int) -> float:
+        """The backoff before retry number ``attempt`` of one upload."""
+        return backoff_delay(attempt, self.base_s, self.max_s, self._rng)
+
+    def allowed(self, workers: int, now: float) -> tuple[int, float]:
+        """(uploads that may run at once, monotonic time the pause ends): 0 while paused."""
+        with self._lock:
+            if now < self._paused_until:
+                return 0, self._paused_until
+            return (1 if self._streak >= self.trip_after else workers), now
+
+    def failed(self) -> None:
+        with self._lock:
+            self._streak += 1
+            over = self._streak - self.trip_after + 1
+            if over > 0:
+                self._paused_until = time.monotonic() + self.delay(over)
+        if over == 1:
+            log.warning("S3 looks unreachable: retrying with one probe at a time")
+
+    def succeeded(self) -> None:
+        with self._lock:
+            was_tripped = self._streak >= self.trip_after
+            self._streak, self._paused_until = 0, 0.0
+        if was_tripped:
+            log.warning("S3 reachable again: draining the spool")

@@ -1,0 +1,106 @@
+"""S3 on: an output is acknowledged once durably spooled; the uploader moves it to the bucket."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray_dit.config import StorageSettings
+from ray_dit.sink import keys
+from ray_dit.sink.backend import Output
+from ray_dit.sink.encode import CONTENT_TYPES
+from ray_dit.sink.manifest import Manifest
+from ray_dit.sink.s3 import S3Bucket, StorageError
+from ray_dit.sink.spool import Spool, SpoolEntry
+from ray_dit.sink.uploader import UPLOADED, Uploader
+
+log = logging.getLogger(__name__)
+
+
+class S3Backend:
+    """Spool + bucket + uploader of one sink replica; the spool may be shared with siblings."""
+
+    storage = "s3"
+
+    def __init__(
+        self,
+        settings: StorageSettings,
+        manifest: Manifest,
+        check_bucket: bool,
+        start: bool,
+        backoff_base_s: float,
+        rescan_s: float,
+    ) -> None:
+        self.spool = Spool(settings.spool_dir, settings.spool_max_bytes)
+        self.spool.sweep()
+        self.bucket = S3Bucket(settings)
+        if check_bucket:
+            self._check_bucket()
+        self.uploader = Uploader(
+            self.spool, self.bucket, manifest, backoff_base_s=backoff_base_s, rescan_s=rescan_s
+        )
+        if start:
+            self.uploader.start()
+
+    def _check_bucket(self) -> None:
+        """Fail the start on a definitive misconfiguration, but only warn while S3 is unreachable:
+        the spool exists precisely to ride that out."""
+        try:
+            self.bucket.check_bucket()
+        except StorageError as exc:
+            if not exc.retryable:
+                self.bucket.close()
+                raise
+            log.warning("S3 not reachable at start (outputs will wait in the spool): %s", exc)
+
+    def put(self, output: Output) -> SpoolEntry:
+        # Records keep this shape, so entries spooled by older versions upload the same way.
+        meta = {"content_type": output.content_type, "request_id": output.request_id}
+        meta.update(output_index=output.index, row=output.facts)
+        entry = self.spool.put(output.key, output.data, meta)
+        self.uploader.notify(entry)
+        return entry
+
+    def content(self, request_id: str, index: int, key: str | None) -> tuple[bytes, str] | None:
+        """From the spool while the output waits there, else from S3: by the key this process
+        spooled, or by ``key`` from the caller, which must belong to ``request_id``/``index``."""
+        found = self.spool.read(request_id, index)
+        if found is not None:
+            return found[0], found[1].content_type
+        name = keys.entry_name(request_id, index)
+        known = self.uploader.spooled_key(name)
+        if known is None and key is not None:
+            if keys.split_key(key)[0] != name:
+                raise ValueError("key: does not belong to this request_id and index")
+            known = key
+        if known is None:
+            return None
+        data = self.bucket.get(known)
+        return None if data is None else (data, CONTENT_TYPES[keys.split_key(known)[1]])
+
+    def status(self, key: str) -> str:
+        return self.uploader.status(key)
+
+    def url_for(self, key: str) -> str | None:
+        return self.bucket.url(key) if self.uploader.status(key) == UPLOADED else None
+
+    def wait_url(self, key: str, timeout: float) -> str | None:
+        return self.bucket.url(key) if self.uploader.wait_uploaded(key, timeout) else None
+
+    def is_full(self) -> bool:
+        return self.spool.is_full()
+
+    def stats(self) -> dict[str, Any]:
+        used, age = self.spool.used_bytes(), self.spool.oldest_age_s()
+        spooled = {"spool_bytes": used, "spool_entries": len(self.spool.names()), "oldest_age_s": age}
+        return {**spooled, **self.uploader.stats()}
+
+    def drain(self, timeout: float) -> bool:
+        return self.uploader.drain(timeout)
+
+    def close(self, timeout: float, drain: bool) -> None:
+        """What is not uploaded stays in the spool for the next sink to resume."""
+        if drain:
+            self.uploader.drain(timeout)
+        self.uploader.stop(timeout)  # folds the manifest (and ships it if S3 is healthy)
+        self.bucket.close()
