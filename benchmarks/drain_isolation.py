@@ -56,7 +56,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from serve_helpers import RAY_ENV, app_with_sink_env, free_port, s3_env
+from serve_helpers import RAY_ENV, free_port, s3_env
 from sink_helpers import FaultProxy, moto_server, new_bucket
 
 SCENARIOS = ("off", "loopback", "1 s per PUT", "down")
@@ -119,7 +119,10 @@ def run_scenario(
     from ray import serve
 
     prefix = "/" + scenario.replace(" ", "-")
-    app = app_with_sink_env(model, env, max_queued_requests=64, dit_class=dit_class, device=device)
+    from ray_dit.serve import build_app
+
+    args = {"model": model, "device": device, "max_queued_requests": 64, "sink_env_vars": env}
+    app = build_app({**args, "num_gpus": 1 if device.startswith("cuda") else 0}, dit_class=dit_class)
     serve.run(app, name=prefix.strip("/"), route_prefix=prefix)
     try:
         with httpx.Client(base_url=base_url + prefix, timeout=120) as http:

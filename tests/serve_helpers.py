@@ -22,29 +22,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def app_with_sink_env(
-    model: str, sink_env: dict[str, str], max_queued_requests: int = 8, dit_class=None, device: str = "cpu"
-):
-    """The builder's graph, with storage settings given to the sink replica only (and, for
-    benchmarks, another class in the DiT deployment)."""
-    from ray_dit.serve.dit import DiTDeployment
-    from ray_dit.serve.frame_sink import FrameSinkDeployment
-    from ray_dit.serve.ingress import Ingress
-    from ray_dit.serve.jobs import VideoJobs
-
-    jobs = VideoJobs.bind()
-    sink = FrameSinkDeployment.options(
-        ray_actor_options={"num_cpus": 0.5, "num_gpus": 0, "runtime_env": {"env_vars": sink_env}}
-    ).bind()
-    options: dict = {"func_or_class": dit_class} if dit_class is not None else {}
-    if device.startswith("cuda"):
-        options["ray_actor_options"] = {"num_gpus": 1}
-    dit = DiTDeployment.options(max_queued_requests=max_queued_requests, **options).bind(
-        model, device, "auto", jobs, sink
-    )
-    return Ingress.bind(dit, sink, jobs, model)
-
-
 def s3_env(endpoint: str, bucket: str, spool: str, **extra: str) -> dict[str, str]:
     """The sink's environment for a moto server (path-style addressing, the admin credentials)."""
     return {

@@ -96,9 +96,7 @@ def test_same_seed_same_output_and_n_outputs_are_seeded_individually(flux):
 def test_caching_skips_blocks_and_stays_close(flux):
     off = flux.generate(GenerationRequest(prompt="a red circle", seed=0))
     on = flux.generate(
-        GenerationRequest(
-            prompt="a red circle", seed=0, cache=parse_overrides(True, CACHING_PARAMS)
-        )
+        GenerationRequest(prompt="a red circle", seed=0, cache=parse_overrides(True, CACHING_PARAMS))
     )
     stats = on.cache
     assert stats.enabled and stats.cached_steps > 0
@@ -161,7 +159,9 @@ def request_sequence() -> list[GenerationRequest]:
         ),
         base,
         base.replace(
-            cache=parse_overrides(True, {**CACHING_PARAMS, "Fn_compute_blocks": 2, "max_continuous_cached_steps": 1}),
+            cache=parse_overrides(
+                True, {**CACHING_PARAMS, "Fn_compute_blocks": 2, "max_continuous_cached_steps": 1}
+            ),
         ),
     ]
 
@@ -291,7 +291,9 @@ def test_custom_bins_shorter_than_the_request_are_extended(flux):
         width=32,
         height=32,
         num_inference_steps=30,
-        cache=parse_overrides(True, {"scm_compute_bins": [2, 1], "scm_cache_bins": [1, 2], "scm_policy": "static"}),
+        cache=parse_overrides(
+            True, {"scm_compute_bins": [2, 1], "scm_cache_bins": [1, 2], "scm_policy": "static"}
+        ),
     )
     result = flux.generate(request)
     # warmup is cut to the mask's leading 1s; the cyclic mask 11 0 1 00 11 0 1 00 ... caches
@@ -346,9 +348,7 @@ def test_cancel_stops_at_a_step_and_the_engine_stays_usable(flux):
             should_cancel=lambda: len(seen) >= 3,
         )
     assert seen == [1, 2, 3]
-    after = flux.generate(
-        GenerationRequest(prompt="p", seed=0, cache=parse_overrides(True, CACHING_PARAMS))
-    )
+    after = flux.generate(GenerationRequest(prompt="p", seed=0, cache=parse_overrides(True, CACHING_PARAMS)))
     again = fresh_engine().generate(
         GenerationRequest(prompt="p", seed=0, cache=parse_overrides(True, CACHING_PARAMS))
     )

@@ -36,6 +36,7 @@ def test_a_cached_body_is_what_form_parses():
         "headers": [(b"content-type", b"application/x-www-form-urlencoded")],
         "query_string": b"",
     }
+
     async def parse() -> dict:
         request = Request(scope, receive)
         compat.cache_body(request, b"prompt=a+cat&n=2")

@@ -17,9 +17,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from serve_helpers import app_with_sink_env, s3_env
+from serve_helpers import s3_env
 from sink_helpers import FaultProxy, admin_client, moto_server, new_bucket
 
+from ray_dit.serve import build_app
 from ray_dit.sink.keys import build_key, check_key
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -30,7 +31,7 @@ SINK_DEPLOYMENT = "FrameSink"
 
 
 def _app(sink_env: dict[str, str]):
-    return app_with_sink_env(MODEL, sink_env)
+    return build_app({"model": MODEL, "device": "cpu", "sink_env_vars": sink_env})
 
 
 def _s3_env(endpoint: str, bucket: str, spool: Path, **extra: str) -> dict[str, str]:

@@ -7,8 +7,10 @@ import time
 
 import httpx
 import pytest
-from serve_helpers import app_with_sink_env, s3_env
+from serve_helpers import s3_env
 from sink_helpers import admin_client, moto_server, new_bucket
+
+from ray_dit.serve import build_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -16,7 +18,7 @@ MODEL = "demo:flux-tiny"
 
 
 def _app(sink_env: dict[str, str]):
-    return app_with_sink_env(MODEL, sink_env)
+    return build_app({"model": MODEL, "device": "cpu", "sink_env_vars": sink_env})
 
 
 def _s3_env(endpoint: str, bucket: str, spool: str, **extra: str) -> dict[str, str]:

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from ray_dit.serve.jobs import VideoJobs
+from ray_dit.serve.job_store import VideoJobs
 
 APP = "video_jobs"
 PREFIX = "/jobs"

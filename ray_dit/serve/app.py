@@ -18,7 +18,7 @@ from ray_dit.errors import ConfigError
 from ray_dit.serve.dit import DiTDeployment
 from ray_dit.serve.frame_sink import FrameSinkDeployment
 from ray_dit.serve.ingress import Ingress
-from ray_dit.serve.jobs import VideoJobs
+from ray_dit.serve.job_store import VideoJobs
 
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -41,6 +41,9 @@ class AppArgs(BaseModel):
     max_ongoing_requests: int = Field(1, ge=1, le=8)
     max_queued_requests: int = Field(8, ge=1)
     limits: dict[str, Any] = Field(default_factory=dict)
+    #: Environment variables for the frame sink replicas only, on top of the app's runtime_env:
+    #: storage credentials then reach only the processes that upload.
+    sink_env_vars: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("model")
     @classmethod
@@ -100,8 +103,12 @@ def parse_args(args: dict[str, Any] | None) -> AppArgs:
         raise ValueError("invalid ray_dit app args:\n  - " + "\n  - ".join(problems)) from None
 
 
-def build_app(args: dict[str, Any] | None = None) -> Application:
-    """Ingress -> (DiT, FrameSink, VideoJobs), sized from ``args``."""
+def build_app(args: dict[str, Any] | None = None, *, dit_class: type | None = None) -> Application:
+    """Ingress -> (DiT, FrameSink, VideoJobs), sized from ``args``.
+
+    ``dit_class`` replaces the DiT replica's class (a subclass of ``DiTDeployment``'s); it exists
+    for benchmarks that stand in for an accelerator, and cannot come from a config file.
+    """
     cfg = parse_args(args)
     given = cfg.model_fields_set
 
@@ -110,11 +117,16 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         return {"num_replicas": getattr(cfg, name)} if name in given else {}
 
     jobs = VideoJobs.bind()
-    sink = FrameSinkDeployment.options(**replicas("sink_replicas")).bind()
+    sink_options: dict[str, Any] = replicas("sink_replicas")
+    if cfg.sink_env_vars:
+        actor = dict(FrameSinkDeployment.ray_actor_options or {})
+        sink_options["ray_actor_options"] = {**actor, "runtime_env": {"env_vars": dict(cfg.sink_env_vars)}}
+    sink = FrameSinkDeployment.options(**sink_options).bind()
     dit = DiTDeployment.options(
         max_ongoing_requests=cfg.max_ongoing_requests,
         max_queued_requests=cfg.max_queued_requests,
         ray_actor_options={"num_cpus": cfg.dit_num_cpus, "num_gpus": cfg.num_gpus},
+        **({"func_or_class": dit_class} if dit_class is not None else {}),
         **replicas("dit_replicas"),
     ).bind(cfg.model, cfg.device, cfg.dtype, jobs, sink)
     return Ingress.options(**replicas("ingress_replicas")).bind(

@@ -1,7 +1,8 @@
 """The FastAPI app behind the ingress: error rendering, request metrics, auth and body reading.
 
 Kept apart from the deployment class so the HTTP plumbing (OpenAI's error shape for every
-failure, the bounded body read, constant-time bearer auth) can be read and tested on its own.
+failure, the bounded body read, constant-time bearer auth on every ``/v1`` route) can be read and
+tested on its own.
 """
 
 import asyncio
@@ -12,13 +13,14 @@ import json
 import logging
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ray_dit.config import ServerSettings
 from ray_dit.serve import metrics
+from ray_dit.serve.compat import cache_body
 from ray_dit.serve.errors import ApiError, error_body
 
 logger = logging.getLogger("ray.serve")
@@ -104,24 +106,28 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(500, "internal server error"), status_code=500)
 
 
-def authorize(settings: ServerSettings, request: Request) -> None:
-    """401 unless auth is off or the bearer token matches ``RAY_DIT_API_KEY``."""
-    if not settings.api_key:
+def require_api_key(request: Request) -> None:
+    """401 unless auth is off or the bearer token matches ``RAY_DIT_API_KEY``.
+
+    A dependency of the whole ``/v1`` router, so a new route cannot forget it. The key comes from
+    the ingress's settings, which it puts in ``app.state`` when it starts.
+    """
+    settings: ServerSettings | None = getattr(request.app.state, "server_settings", None)
+    key = settings.api_key if settings is not None else None
+    if not key:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(
-            401,
-            "missing API key: send 'Authorization: Bearer <key>'",
-            code="invalid_api_key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", **_CHALLENGE)
     # Compare digests in constant time, so neither the content nor the length of the key leaks.
     given = hashlib.sha256(token.strip().encode()).digest()
-    if not hmac.compare_digest(given, hashlib.sha256(settings.api_key.get_secret_value().encode()).digest()):
-        raise ApiError(
-            401, "incorrect API key", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
-        )
+    if not hmac.compare_digest(given, hashlib.sha256(key.get_secret_value().encode()).digest()):
+        raise ApiError(401, "incorrect API key", **_CHALLENGE)
+
+
+_CHALLENGE: dict[str, Any] = {"code": "invalid_api_key", "headers": {"WWW-Authenticate": "Bearer"}}
+#: Every OpenAI-compatible route; the ingress mounts it on ``app`` once its routes are defined.
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -142,7 +148,7 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise too_big
         chunks.append(chunk)
     body = b"".join(chunks)
-    request._body = body  # lets request.form() parse what was read here (Starlette's cache)
+    cache_body(request, body)  # lets request.form() parse what was read here
     return body
 
 

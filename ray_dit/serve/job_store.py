@@ -37,7 +37,7 @@ class VideoJobs:
         self.max_jobs = max_jobs
         self.stale_after_s = server_from_env().job_stale_s if stale_after_s is None else stale_after_s
         self._jobs: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._heard: dict[str, float] = {}  # job id -> monotonic time its owner was last heard
+        self._last_heard: dict[str, float] = {}  # job id -> monotonic time its owner last spoke
 
     def create(self, job: dict[str, Any]) -> dict[str, Any]:
         job = dict(job)
@@ -45,7 +45,7 @@ class VideoJobs:
         job.setdefault("progress", 0)
         job.setdefault("created_at", int(time.time()))
         self._jobs[job["id"]] = job
-        self._heard[job["id"]] = time.monotonic()
+        self._last_heard[job["id"]] = time.monotonic()
         self._evict()
         return dict(job)
 
@@ -54,18 +54,18 @@ class VideoJobs:
         job = self._jobs.get(job_id)
         if job is None or job["status"] in TERMINAL:
             return False
-        self._heard[job_id] = time.monotonic()
+        self._last_heard[job_id] = time.monotonic()
         return True
 
     def _expire(self) -> None:
         """Fail running jobs nobody has heard of for ``stale_after_s``."""
         now = time.monotonic()
-        for job_id, heard in list(self._heard.items()):
+        for job_id, heard in list(self._last_heard.items()):
             job = self._jobs.get(job_id)
             if job is None or job["status"] in TERMINAL:
-                del self._heard[job_id]
+                del self._last_heard[job_id]
             elif now - heard > self.stale_after_s:
-                del self._heard[job_id]
+                del self._last_heard[job_id]
                 job.update(
                     status="failed",
                     completed_at=int(time.time()),
@@ -92,7 +92,7 @@ class VideoJobs:
             return False
         if job["status"] in TERMINAL:
             return True
-        self._heard[job_id] = time.monotonic()
+        self._last_heard[job_id] = time.monotonic()
         job["status"] = "in_progress"
         job["progress"] = max(int(job.get("progress", 0)), max(0, min(99, int(percent))))
         return True
@@ -102,7 +102,7 @@ class VideoJobs:
         job = self._jobs.get(job_id)
         if job is None:
             return None
-        self._heard.pop(job_id, None)
+        self._last_heard.pop(job_id, None)
         job.update(fields)
         job.setdefault("completed_at", int(time.time()))
         if job["status"] == "completed":
@@ -117,7 +117,7 @@ class VideoJobs:
 
     def delete(self, job_id: str) -> dict[str, Any] | None:
         """Forget a job; a running one is cancelled at its next progress report."""
-        self._heard.pop(job_id, None)
+        self._last_heard.pop(job_id, None)
         return self._jobs.pop(job_id, None)
 
     def list(self, limit: int = 20, after: str | None = None, order: str = "desc") -> list[dict[str, Any]]:

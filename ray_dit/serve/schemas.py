@@ -14,9 +14,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ray_dit.api import GenerationRequest, parse_size
-from ray_dit.config import ServeLimits, parse_overrides
+from ray_dit.config import CacheOverrides, ServeLimits, parse_overrides
 from ray_dit.errors import InvalidRequest
-from ray_dit.serve.errors import ApiError
+from ray_dit.serve.errors import ApiError, invalid
 from ray_dit.serve.types import ModelInfo
 
 MAX_SEED = 2**63 - 1 - 1024
@@ -72,27 +72,6 @@ class VideoCreateBody(_SamplingExtras):
     input_reference: Any = None
 
 
-class ImageData(BaseModel):
-    url: str | None = None
-    b64_json: str | None = None
-    revised_prompt: str | None = None
-
-
-class ImagesResponse(BaseModel):
-    """OpenAI's ImagesResponse plus ray_dit's extras (id, seed, steps, timings, cache)."""
-
-    created: int
-    data: list[ImageData]
-    id: str
-    model: str
-    size: str
-    output_format: str
-    seed: int
-    steps: int
-    timings: dict[str, float]
-    cache: dict[str, Any]
-
-
 def validation_error(exc: ValidationError) -> ApiError:
     """The first pydantic error as a 400 that names the field (OpenAI's ``param``)."""
     err = exc.errors()[0]
@@ -108,7 +87,7 @@ def validation_error(exc: ValidationError) -> ApiError:
         if len(shown) > 80:
             shown = shown[:77] + "..."
         message = f"{name}={shown}: {err.get('msg', 'invalid value')}"
-    return ApiError(400, message, param=loc[0] if loc else None, code="invalid_value")
+    return invalid(loc[0] if loc else None, message)
 
 
 def parse_body(model: type[_Body], data: Any) -> Any:
@@ -120,21 +99,17 @@ def parse_body(model: type[_Body], data: Any) -> Any:
         raise validation_error(exc) from None
 
 
-def _bad(param: str, message: str) -> ApiError:
-    return ApiError(400, message, param=param, code="invalid_value")
-
-
 def _check_text(name: str, value: str | None, limits: ServeLimits, required: bool) -> None:
     if value is None:
         return
     if required and not value.strip():
-        raise _bad(name, f"{name}: must not be empty")
+        raise invalid(name, f"{name}: must not be empty")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise _bad(name, f"{name}: must be valid Unicode text (found a lone surrogate)") from None
+        raise invalid(name, f"{name}: must be valid Unicode text (found a lone surrogate)") from None
     if len(value) > limits.max_prompt_chars:
-        raise _bad(
+        raise invalid(
             name,
             f"{name}: {len(value)} characters is over the limit of {limits.max_prompt_chars} "
             "(RAY_DIT_MAX_PROMPT_CHARS)",
@@ -149,47 +124,48 @@ def _check_size(
     try:
         width, height = parse_size(size)
     except ValueError as exc:
-        raise _bad("size", str(exc)) from None
+        raise invalid("size", str(exc)) from None
     if width * height > limits.max_pixels:
-        raise _bad(
+        raise invalid(
             "size",
             f"size={size!r}: {width * height} pixels is over the limit of {limits.max_pixels} "
             "(RAY_DIT_MAX_PIXELS)",
         )
     multiple = info.size_multiple if info else 0
     if multiple and (width % multiple or height % multiple):
-        raise _bad("size", f"size={size!r}: width and height must be multiples of {multiple}")
+        raise invalid("size", f"size={size!r}: width and height must be multiples of {multiple}")
     return width, height
 
 
-def _check_common(body: _SamplingExtras, limits: ServeLimits) -> None:
+def _check_common(body: _SamplingExtras, limits: ServeLimits) -> CacheOverrides:
+    """The checks images and videos share; returns the request's parsed cache overrides."""
     steps = body.num_inference_steps
     if steps is not None and not 1 <= steps <= limits.max_steps:
-        raise _bad(
+        raise invalid(
             "num_inference_steps",
             f"num_inference_steps={steps}: must be between 1 and {limits.max_steps} (RAY_DIT_MAX_STEPS)",
         )
     for name in ("guidance_scale", "true_cfg_scale"):
         value = getattr(body, name)
         if value is not None and (not math.isfinite(value) or value < 0):
-            raise _bad(name, f"{name}={value}: must be a finite number >= 0")
+            raise invalid(name, f"{name}={value}: must be a finite number >= 0")
     if body.seed is not None and not 0 <= body.seed <= MAX_SEED:
-        raise _bad("seed", f"seed={body.seed}: must be between 0 and {MAX_SEED}")
+        raise invalid("seed", f"seed={body.seed}: must be between 0 and {MAX_SEED}")
     _check_text("negative_prompt", body.negative_prompt, limits, required=False)
     try:
-        parse_overrides(body.enable_cache_dit, body.cache_dit_params)
+        return parse_overrides(body.enable_cache_dit, body.cache_dit_params)
     except InvalidRequest as exc:
-        raise _bad(exc.param or "cache_dit_params", exc.message) from None
+        raise invalid(exc.param, exc.message) from None
 
 
-def _common_kwargs(body: _SamplingExtras) -> dict[str, Any]:
+def _common_kwargs(body: _SamplingExtras, limits: ServeLimits) -> dict[str, Any]:
+    """The request fields images and videos share, checked against ``limits``."""
     kwargs: dict[str, Any] = {
         "negative_prompt": body.negative_prompt,
         "num_inference_steps": body.num_inference_steps,
         "guidance_scale": body.guidance_scale,
         "true_cfg_scale": body.true_cfg_scale,
-        "enable_cache_dit": body.enable_cache_dit,
-        "cache_dit_params": body.cache_dit_params,
+        "cache": _check_common(body, limits),
     }
     if body.seed is not None:
         kwargs["seed"] = body.seed
@@ -203,11 +179,10 @@ def image_request(
     _check_text("prompt", body.prompt, limits, required=True)
     n = 1 if body.n is None else body.n
     if not 1 <= n <= limits.max_n:
-        raise _bad("n", f"n={n}: must be between 1 and {limits.max_n} (RAY_DIT_MAX_N)")
+        raise invalid("n", f"n={n}: must be between 1 and {limits.max_n} (RAY_DIT_MAX_N)")
     if info is not None and info.kind != "image":
-        raise _bad("model", f"model {info.model!r} generates videos: use POST /v1/videos")
+        raise invalid("model", f"model {info.model!r} generates videos: use POST /v1/videos")
     width, height = _check_size(body.size, limits, info)
-    _check_common(body, limits)
     return GenerationRequest(
         prompt=body.prompt,
         n=n,
@@ -215,7 +190,7 @@ def image_request(
         height=height,
         output_format=body.output_format or "png",
         request_id=request_id,
-        **_common_kwargs(body),
+        **_common_kwargs(body, limits),
     )
 
 
@@ -225,7 +200,7 @@ def _frames_for_seconds(seconds: Any, fps: int) -> int:
     except ValueError:
         value = float("nan")
     if not math.isfinite(value) or value <= 0:
-        raise _bad("seconds", f"seconds={seconds!r}: must be a positive number")
+        raise invalid("seconds", f"seconds={seconds!r}: must be a positive number")
     frames = max(1, round(value * fps))
     return 4 * round((frames - 1) / 4) + 1  # video DiTs take 4k+1 frames
 
@@ -236,27 +211,26 @@ def video_request(
     """Check a video body against the limits and turn it into the engine's request."""
     _check_text("prompt", body.prompt, limits, required=True)
     if body.input_reference is not None:
-        raise _bad(
+        raise invalid(
             "input_reference",
             "input_reference: reference images/videos are not supported (text to video only)",
         )
     if info is not None and info.kind != "video":
-        raise _bad("model", f"model {info.model!r} generates images: use POST /v1/images/generations")
+        raise invalid("model", f"model {info.model!r} generates images: use POST /v1/images/generations")
     width, height = _check_size(body.size, limits, info)
     if body.fps is not None and not 1 <= body.fps <= 120:
-        raise _bad("fps", f"fps={body.fps}: must be between 1 and 120")
+        raise invalid("fps", f"fps={body.fps}: must be between 1 and 120")
     fps = body.fps or (info.fps if info and info.fps else 16)
     frames = body.num_frames
     if frames is None and body.seconds is not None:
         frames = _frames_for_seconds(body.seconds, fps)
     if frames is not None and not 1 <= frames <= limits.max_frames:
-        raise _bad(
+        raise invalid(
             "num_frames" if body.num_frames is not None else "seconds",
             f"num_frames={frames}: must be between 1 and {limits.max_frames} (RAY_DIT_MAX_FRAMES)",
         )
     if frames is not None and (frames - 1) % 4:
-        raise _bad("num_frames", f"num_frames={frames}: must be 4k+1 (1, 5, 9, 13, ...)")
-    _check_common(body, limits)
+        raise invalid("num_frames", f"num_frames={frames}: must be 4k+1 (1, 5, 9, 13, ...)")
     return GenerationRequest(
         prompt=body.prompt,
         n=1,
@@ -266,7 +240,7 @@ def video_request(
         fps=body.fps or (info.fps if info else None),
         output_format="mp4",
         request_id=request_id,
-        **_common_kwargs(body),
+        **_common_kwargs(body, limits),
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ray_dit.api import CacheStats, GenerationResult, StoredOutput
+from ray_dit.api import CacheStats, GenerationResult, StoredOutput, Timings
 
 
 @dataclass(frozen=True)
@@ -37,13 +37,12 @@ class ResultMeta:
     width: int
     height: int
     num_frames: int
-    count: int
     fps: int | None = None
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: Timings = field(default_factory=Timings)
     cache: CacheStats = field(default_factory=CacheStats)
 
     @classmethod
-    def of(cls, result: GenerationResult) -> ResultMeta:
+    def of(cls, result: GenerationResult, timings: Timings) -> ResultMeta:
         return cls(
             request_id=result.request_id,
             kind=result.kind,
@@ -52,20 +51,19 @@ class ResultMeta:
             width=result.width,
             height=result.height,
             num_frames=result.num_frames,
-            count=int(result.frames.shape[0]),
             fps=result.fps,
-            timings=dict(result.timings),
+            timings=timings,
             cache=result.cache,
         )
 
 
 @dataclass
 class StoreReply:
-    """The frame sink's answer: where each output went, plus the result's facts."""
+    """The frame sink's answer: where each output went, and the result's facts (with the sink's
+    own timings filled in)."""
 
     outputs: list[StoredOutput]
     meta: ResultMeta
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -1,0 +1,87 @@
+"""The HTTP edge without a cluster: every /v1 route asks for the key, and errors map by type."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from ray.exceptions import RayTaskError
+from ray.serve.exceptions import BackPressureError
+from starlette.testclient import TestClient
+
+from ray_dit.config import ServerSettings
+from ray_dit.errors import InvalidRequest, RequestCancelled, StorageUnavailable
+from ray_dit.serve.errors import ApiError, to_api_error
+from ray_dit.serve.ingress import app
+
+KEY = "test-key-0123456789"
+
+
+def _v1_routes() -> list[tuple[str, str]]:
+    """Every (method, path) the app serves under /v1, read from the app itself."""
+    found = []
+    for template, methods in app.openapi()["paths"].items():
+        if template.startswith("/v1"):
+            path = re.sub(r"\{[^}]+\}", "img_0123456789abcdef_0", template)
+            found += [(method.upper(), path) for method in sorted(methods)]
+    return found
+
+
+@pytest.fixture
+def client():
+    app.state.server_settings = ServerSettings(api_key=KEY)
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+    del app.state.server_settings
+
+
+def test_every_v1_route_refuses_a_missing_or_wrong_key(client):
+    routes = _v1_routes()
+    # The OpenAI routes of images, videos and models: a new route is covered without being listed.
+    assert {path.split("/")[2] for _, path in routes} == {"images", "videos", "models"}
+    assert len(routes) >= 9
+    for method, path in routes:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}):
+            resp = client.request(method, path, headers=headers)
+            assert resp.status_code == 401, (method, path, headers, resp.status_code)
+            assert resp.json()["error"]["code"] == "invalid_api_key"
+            assert KEY not in resp.text
+
+
+def test_the_right_key_passes_the_check(client):
+    # Past the check the route needs its replica, which a bare app has not: anything but 401.
+    resp = client.get("/v1/models", headers={"Authorization": f"Bearer {KEY}"})
+    assert resp.status_code != 401
+
+
+def _as_from_a_replica(exc: Exception) -> Exception:
+    """What Ray raises in the caller when a replica raised ``exc``."""
+    return RayTaskError("generate", "traceback", exc).as_instanceof_cause()
+
+
+@pytest.mark.parametrize(
+    ("raised", "status", "code", "param"),
+    [
+        (InvalidRequest("num_frames=7: must be 4k+1", "num_frames"), 400, "invalid_value", "num_frames"),
+        (InvalidRequest("size: ...", "size"), 400, "invalid_value", "size"),
+        (RequestCancelled("gone"), 499, "cancelled", None),
+        (StorageUnavailable("S3 is away"), 503, "unavailable", None),
+        (RuntimeError("boom"), 500, "server_error", None),
+    ],
+)
+def test_errors_map_by_type_even_through_ray(raised, status, code, param):
+    for exc in (raised, _as_from_a_replica(raised)):
+        err = to_api_error(exc, "img_0123456789abcdef", retry_after_s=3)
+        assert (err.status, err.code, err.param) == (status, code, param)
+        assert "traceback" not in err.message
+        if status == 503:
+            assert err.headers == {"Retry-After": "3"}
+
+
+def test_a_full_queue_is_a_503_and_an_api_error_passes_through():
+    assert (
+        to_api_error(BackPressureError(num_queued_requests=8, max_queued_requests=8), "r", 2).code
+        == "queue_full"
+    )
+    mine = ApiError(404, "no such thing", code="not_found")
+    assert to_api_error(mine, "r", 2) is mine
