@@ -119,10 +119,12 @@ def run_scenario(
     from ray import serve
 
     prefix = "/" + scenario.replace(" ", "-")
-    from ray_dit.serve import build_app
+    from ray_dit.serve.app import compose, parse_args
 
     args = {"model": model, "device": device, "max_queued_requests": 64, "sink_env_vars": env}
-    app = build_app({**args, "num_gpus": 1 if device.startswith("cuda") else 0}, dit_class=dit_class)
+    app = compose(
+        parse_args({**args, "num_gpus": 1 if device.startswith("cuda") else 0}), dit_class=dit_class
+    )
     serve.run(app, name=prefix.strip("/"), route_prefix=prefix)
     try:
         with httpx.Client(base_url=base_url + prefix, timeout=120) as http:

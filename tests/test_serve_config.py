@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import typing
 from pathlib import Path
 from typing import Any
@@ -135,3 +136,8 @@ def test_image_body_translation():
     req = image_request(body, "img_0123456789abcdef", ServeLimits(), None)
     assert (req.width, req.height, req.n, req.output_format) == (64, 32, 2, "png")
     assert req.seed == 1024  # the engine's default when the client gives none
+
+
+def test_the_builder_takes_one_parameter_as_serve_requires():
+    """``serve run`` refuses a builder with more parameters (tests/test_serve_run.py runs it)."""
+    assert list(inspect.signature(build_app).parameters) == ["args"]

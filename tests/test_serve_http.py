@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 
 import pytest
+from ray import cloudpickle
 from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError
 from starlette.testclient import TestClient
 
-from ray_dit.config import ServerSettings
 from ray_dit.errors import InvalidRequest, RequestCancelled, StorageUnavailable
 from ray_dit.serve.errors import ApiError, to_api_error
+from ray_dit.serve.http import configured_api_key
 from ray_dit.serve.ingress import app
 
 KEY = "test-key-0123456789"
@@ -28,11 +29,14 @@ def _v1_routes() -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-def client():
-    app.state.server_settings = ServerSettings(api_key=KEY)
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+def client(monkeypatch):
+    """The app as a replica serves it: Serve's frozen copy, with the key in the environment."""
+    monkeypatch.setenv("RAY_DIT_API_KEY", KEY)
+    configured_api_key.cache_clear()
+    served = cloudpickle.loads(cloudpickle.dumps(app))  # what serve.ingress does with the app
+    with TestClient(served, raise_server_exceptions=False) as test_client:
         yield test_client
-    del app.state.server_settings
+    configured_api_key.cache_clear()
 
 
 def test_every_v1_route_refuses_a_missing_or_wrong_key(client):

@@ -103,13 +103,16 @@ def parse_args(args: dict[str, Any] | None) -> AppArgs:
         raise ValueError("invalid ray_dit app args:\n  - " + "\n  - ".join(problems)) from None
 
 
-def build_app(args: dict[str, Any] | None = None, *, dit_class: type | None = None) -> Application:
-    """Ingress -> (DiT, FrameSink, VideoJobs), sized from ``args``.
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    """Ingress -> (DiT, FrameSink, VideoJobs), sized from ``args`` (Serve's builder: one parameter)."""
+    return compose(parse_args(args))
 
-    ``dit_class`` replaces the DiT replica's class (a subclass of ``DiTDeployment``'s); it exists
-    for benchmarks that stand in for an accelerator, and cannot come from a config file.
+
+def compose(cfg: AppArgs, *, dit_class: type | None = None) -> Application:
+    """The app for validated ``cfg``. ``dit_class`` replaces the DiT replica's class (a subclass of
+    ``DiTDeployment``'s); it exists for benchmarks that stand in for an accelerator, and cannot
+    come from a config file.
     """
-    cfg = parse_args(args)
     given = cfg.model_fields_set
 
     def replicas(name: str) -> dict[str, int]:
@@ -134,4 +137,4 @@ def build_app(args: dict[str, Any] | None = None, *, dit_class: type | None = No
     )
 
 
-__all__ = ["AppArgs", "build_app", "parse_args"]
+__all__ = ["AppArgs", "build_app", "compose", "parse_args"]

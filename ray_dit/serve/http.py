@@ -7,6 +7,7 @@ tested on its own.
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -16,9 +17,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ray_dit.config import ServerSettings
+from ray_dit.config import server_from_env
 from ray_dit.serve import metrics
 from ray_dit.serve.compat import cache_body
 from ray_dit.serve.errors import ApiError, error_body
@@ -106,14 +108,20 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(500, "internal server error"), status_code=500)
 
 
+@functools.cache
+def configured_api_key() -> SecretStr | None:
+    """``RAY_DIT_API_KEY`` of this process, read once. Not from the ingress object: Serve serves
+    a frozen copy of ``app``, so state set on it after start-up would never be seen (auth would
+    be silently off)."""
+    return server_from_env().api_key
+
+
 def require_api_key(request: Request) -> None:
     """401 unless auth is off or the bearer token matches ``RAY_DIT_API_KEY``.
 
-    A dependency of the whole ``/v1`` router, so a new route cannot forget it. The key comes from
-    the ingress's settings, which it puts in ``app.state`` when it starts.
+    A dependency of the whole ``/v1`` router, so a new route cannot forget it.
     """
-    settings: ServerSettings | None = getattr(request.app.state, "server_settings", None)
-    key = settings.api_key if settings is not None else None
+    key = configured_api_key()
     if not key:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")

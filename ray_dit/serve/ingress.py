@@ -66,7 +66,6 @@ class Ingress:
         self.served_model_name = served_model_name or model
         self.model_names = {model, self.served_model_name}
         self.settings = server_from_env(limit_overrides=limits)
-        app.state.server_settings = self.settings  # read by the /v1 router's auth dependency
         self.spool = SpoolWatch(self.sink, self.settings.retry_after_s)
         self.created = int(time.time())
         self._info: ModelInfo | None = None
