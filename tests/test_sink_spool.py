@@ -125,7 +125,7 @@ def test_cap_and_is_full(tmp_path: Path) -> None:
     assert not spool.is_full()
     entries = [_put(spool, f"req{i}", size=300) for i in range(4)]  # never refused: never dropped
     assert spool.is_full() and spool.used_bytes() >= 1_200
-    assert 0.0 <= spool.oldest_age_s() < 60.0
+    assert 0.0 <= spool.stats()["oldest_age_s"] < 60.0
     assert len(spool.pending()) == 4
     for entry in entries[:3]:
         assert spool.remove(entry)
@@ -139,20 +139,20 @@ def test_local_store_evicts_the_oldest(tmp_path: Path) -> None:
         time.sleep(0.01)
     names = store.names()
     assert names[-1] == "req5_0" and "req0_0" not in names
-    used = store.used_bytes()
+    used = store.stats()["spool_bytes"]
     assert used <= 1_000, (used, sorted(p.name for p in (tmp_path / "pending").iterdir()))
     assert used < 1_000  # below the cap again: a cache never reports full
     assert sorted(p.stem for p in (tmp_path / "pending").iterdir()) == sorted(names)
     # A restarted store rebuilds the same index, oldest first, from one directory scan.
     again = LocalStore(tmp_path, 1_000)
-    assert again.names() == names and again.used_bytes() == used
+    assert again.names() == names and again.stats()["spool_bytes"] == used
 
 
 def test_local_store_keeps_the_entry_just_written_and_reads_it_back(tmp_path: Path) -> None:
     store = LocalStore(tmp_path, 1_000)
     _put_local(store, "small")
     big = _put_local(store, "big", 1, size=2_000)  # over the cap on its own
-    assert store.names() == ["big_1"] and store.used_bytes() == 2_000
+    assert store.names() == ["big_1"] and store.stats()["spool_bytes"] == 2_000
     assert store.read("big", 1) == (big, "image/png")
     assert store.read("small", 0) is None and store.read("big", 0) is None
     store.put("p/2026/01/02/big_1.webp", b"webp bytes")  # the same output in another format

@@ -62,10 +62,6 @@ class FrameSinkDeployment:
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sink")
         self._stats_task: asyncio.Task | None = None
 
-    async def _ensure_stats_loop(self) -> None:
-        if self._stats_task is None:
-            self._stats_task = asyncio.get_running_loop().create_task(self._stats_loop())
-
     async def _stats_loop(self) -> None:
         while True:
             with contextlib.suppress(Exception):
@@ -85,9 +81,10 @@ class FrameSinkDeployment:
         wait_url: bool = False,
     ) -> StoreReply:
         """Store every output of ``result``; optionally wait (bounded) for cloud URLs."""
-        await self._ensure_stats_loop()
-        started = time.perf_counter()
         loop = asyncio.get_running_loop()
+        if self._stats_task is None:
+            self._stats_task = loop.create_task(self._stats_loop())
+        started = time.perf_counter()
         wait_s = self.sink.settings.url_wait_s if wait_url else 0.0
         future = loop.run_in_executor(
             self._executor,
@@ -135,7 +132,5 @@ class FrameSinkDeployment:
             raise RuntimeError("frame sink is closed")
 
     def __del__(self) -> None:
-        sink = getattr(self, "sink", None)
-        if sink is not None:
-            with contextlib.suppress(Exception):
-                sink.close()
+        with contextlib.suppress(Exception):  # AttributeError too: __init__ failed before the sink
+            self.sink.close()

@@ -9,7 +9,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from ray_dit.config import StorageSettings
 from ray_dit.sink.local import LocalEntry, LocalStore
@@ -34,7 +34,7 @@ class Output:
 class Backend(Protocol):
     """One storage mode: where outputs go, how they are read back, which URLs they get."""
 
-    storage: str  # "s3" or "local"
+    storage: Literal["s3", "local"]
 
     def put(self, output: Output) -> SpoolEntry | LocalEntry: ...
     def content(self, request_id: str, index: int, key: str | None) -> tuple[bytes, str] | None: ...

@@ -1,6 +1,6 @@
 """Circuit breaker of the upload loop. Each failed upload backs off on its own, but with many
 entries waiting their retries still hammer an S3 that is down, burning the CPU the node's GPU
-replica needs. After ``trip_after`` failures in a row (any entries) the breaker trips: one probe
+replica needs. After ``TRIP_AFTER`` failures in a row (any entries) the breaker trips: one probe
 at a time, spaced by a growing backoff, until one lands and everything resumes."""
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random)
 class Breaker:
     """Failure streak, pause and concurrency limit of one upload loop. Thread-safe."""
 
-    def __init__(self, base_s: float, max_s: float, *, trip_after: int = TRIP_AFTER) -> None:
-        self.base_s, self.max_s, self.trip_after = base_s, max_s, trip_after
+    def __init__(self, base_s: float, max_s: float) -> None:
+        self.base_s, self.max_s = base_s, max_s
         self._rng = random.Random()
         self._lock = threading.Lock()
         self._streak = 0  # failed attempts since the last success
@@ -34,7 +34,7 @@ class Breaker:
     @property
     def tripped(self) -> bool:
         """True while S3 looks unreachable."""
-        return self._streak >= self.trip_after
+        return self._streak >= TRIP_AFTER
 
     def delay(self, attempt: int) -> float:
         """The backoff before retry number ``attempt`` of one upload."""
@@ -45,12 +45,12 @@ class Breaker:
         with self._lock:
             if now < self._paused_until:
                 return 0, self._paused_until
-            return (1 if self._streak >= self.trip_after else workers), now
+            return (1 if self.tripped else workers), now
 
     def failed(self) -> None:
         with self._lock:
             self._streak += 1
-            over = self._streak - self.trip_after + 1
+            over = self._streak - TRIP_AFTER + 1
             if over > 0:
                 self._paused_until = time.monotonic() + self.delay(over)
         if over == 1:
@@ -58,7 +58,7 @@ class Breaker:
 
     def succeeded(self) -> None:
         with self._lock:
-            was_tripped = self._streak >= self.trip_after
+            was_tripped = self.tripped
             self._streak, self._paused_until = 0, 0.0
         if was_tripped:
             log.warning("S3 reachable again: draining the spool")

@@ -60,17 +60,12 @@ class EncodedOutput:
 
 
 def resolve_format(kind: str, output_format: str | None) -> str:
-    """Pick the format for ``kind``; None means the kind's default (png / mp4).
-
-    Raises ValueError naming the field and the allowed values on a mismatch.
-    """
+    """Pick the format for ``kind``; None means the kind's default (png / mp4). A mismatch raises
+    ValueError naming the field and the allowed values."""
     if kind not in DEFAULT_FORMAT:
         raise ValueError(f"kind={kind!r}: must be one of image/video")
-    if output_format is None or str(output_format).strip() == "":
-        return DEFAULT_FORMAT[kind]
-    fmt = str(output_format).strip().lower()
-    if fmt == "jpg":
-        fmt = "jpeg"
+    fmt = "" if output_format is None else str(output_format).strip().lower()
+    fmt = {"": DEFAULT_FORMAT[kind], "jpg": "jpeg"}.get(fmt, fmt)  # blank: the default; an alias
     allowed = IMAGE_FORMATS if kind == "image" else VIDEO_FORMATS
     if fmt not in allowed:
         raise ValueError(
@@ -94,22 +89,21 @@ def encode_output(
         raise ValueError(
             f"frames: must be a non-empty uint8 array [n_frames, H, W, 3], got {array.dtype} {array.shape}"
         )
-    content_type, extension = FORMAT_INFO[fmt]
+    rate = None
     if kind == "image":
         if array.shape[0] != 1:
             raise ValueError(f"frames: an image output has exactly 1 frame, got {array.shape[0]}")
         data = _encode_image(array[0], fmt, png_level)
-        height, width = array.shape[1:3]
-        return EncodedOutput(data, fmt, content_type, extension, int(width), int(height), 1, None)
-    rate = int(fps) if fps else DEFAULT_FPS
-    if rate <= 0:
-        raise ValueError(f"fps={fps!r}: must be a positive integer")
-    even = _pad_to_even(array)
-    data = _encode_mp4(even, rate)
-    height, width = even.shape[1:3]
-    return EncodedOutput(
-        data, fmt, content_type, extension, int(width), int(height), int(even.shape[0]), rate
-    )
+    else:
+        rate = int(fps) if fps else DEFAULT_FPS
+        if rate <= 0:
+            raise ValueError(f"fps={fps!r}: must be a positive integer")
+        _, height, width, _ = array.shape
+        if height % 2 or width % 2:  # yuv420p needs both even: repeat the last row/column, crop nothing
+            array = np.pad(array, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+        data = _encode_mp4(array, rate)
+    count, height, width = (int(n) for n in array.shape[:3])
+    return EncodedOutput(data, fmt, *FORMAT_INFO[fmt], width, height, count, rate)
 
 
 def _encode_image(frame: np.ndarray, fmt: str, png_level: int) -> bytes:
@@ -124,15 +118,6 @@ def _encode_image(frame: np.ndarray, fmt: str, png_level: int) -> bytes:
     else:
         image.save(buffer, format="WEBP", quality=WEBP_QUALITY, method=4)
     return buffer.getvalue()
-
-
-def _pad_to_even(frames: np.ndarray) -> np.ndarray:
-    """yuv420p needs even width and height: repeat the last row/column rather than crop pixels."""
-    _, height, width, _ = frames.shape
-    pad_h, pad_w = height % 2, width % 2
-    if not pad_h and not pad_w:
-        return frames
-    return np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
 
 
 def _encode_mp4(frames: np.ndarray, fps: int) -> bytes:

@@ -9,7 +9,6 @@ import hashlib
 import os
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 TMP_AGE_S = 3600.0  # a temp file this old belongs to a writer that died
@@ -28,29 +27,22 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-@contextlib.contextmanager
-def replacing(final: Path, tmp_dir: Path, *, durable: bool = True) -> Iterator[Path]:
-    """Yield a temp path in ``tmp_dir`` to write; on success it replaces ``final`` atomically.
-    The name starts with '.', which pyarrow and the manifest's row log ignore. The directory is
-    not fsynced here: the caller decides when (see :func:`fsync_dir`)."""
+def write_atomic(final: Path, data: bytes, tmp_dir: Path, *, durable: bool = True) -> None:
+    """Write ``data`` to ``final`` through a temp file in ``tmp_dir`` (same file system), renamed
+    into place. The temp name starts with '.', which pyarrow and the manifest's row log ignore.
+    The directory is not fsynced here: the caller decides when (see :func:`fsync_dir`)."""
     fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=f".{final.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        yield Path(tmp)
-        if durable:
-            with open(tmp, "rb") as handle:
+        with open(fd, "wb") as handle:
+            handle.write(data)
+            if durable:
+                handle.flush()
                 os.fsync(handle.fileno())
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-
-
-def write_atomic(final: Path, data: bytes, tmp_dir: Path, *, durable: bool = True) -> None:
-    """Write ``data`` to ``final`` through a temp file in ``tmp_dir`` (same file system)."""
-    with replacing(final, tmp_dir, durable=durable) as tmp:
-        tmp.write_bytes(data)
 
 
 def remove_stale(directory: Path, age_s: float = TMP_AGE_S) -> int:

@@ -61,33 +61,29 @@ def build_key(prefix: str, request_id: str, index: int, extension: str, when: da
     return key
 
 
-_KEY_TAIL_RE = re.compile(r"(\d{4})/(\d{2})/(\d{2})/([A-Za-z0-9_-]{1,128})_(\d{1,4})\.([a-z0-9]{1,8})")
-
-
-def check_key(key: str) -> str:
-    """Re-validate a whole output key (e.g. one read back from a spool record)."""
-    if not isinstance(key, str) or len(key.encode()) > MAX_KEY_BYTES:
-        raise ValueError("key: must be a string of at most 1024 bytes")
-    parts = key.split("/")
-    if len(parts) < 5:
-        raise ValueError("key: must be {prefix}/{yyyy}/{mm}/{dd}/{request_id}_{index}.{ext}")
-    check_prefix("/".join(parts[:-4]))
-    match = _KEY_TAIL_RE.fullmatch("/".join(parts[-4:]))
-    if not match:
-        raise ValueError("key: must be {prefix}/{yyyy}/{mm}/{dd}/{request_id}_{index}.{ext}")
-    check_index(int(match.group(5)))
-    check_extension(match.group(6))
-    return key
+_KEY_TAIL_RE = re.compile(rf"\d{{4}}/\d{{2}}/\d{{2}}/({NAME_RE.pattern})\.({'|'.join(EXTENSIONS)})")
 
 
 def split_key(key: str) -> tuple[str, str]:
-    """``.../{request_id}_{index}.{ext}`` -> (``{request_id}_{index}``, ``ext``), validated."""
-    name, _, extension = check_key(key).rsplit("/", 1)[-1].rpartition(".")
-    return name, extension  # check_key matched both: {request_id}_{index} and an allowed ext
+    """Re-validate a whole output key (e.g. one read back from a spool record) and split it:
+    ``{prefix}/{yyyy}/{mm}/{dd}/{request_id}_{index}.{ext}`` -> (``{request_id}_{index}``, ``ext``)."""
+    parts = key.split("/") if isinstance(key, str) and len(key.encode()) <= MAX_KEY_BYTES else []
+    match = _KEY_TAIL_RE.fullmatch("/".join(parts[-4:])) if len(parts) >= 5 else None
+    if match is None:
+        raise ValueError(
+            "key: must be {prefix}/{yyyy}/{mm}/{dd}/{request_id}_{index}.{ext}, at most 1024 bytes"
+        )
+    check_prefix("/".join(parts[:-4]))
+    return match.group(1), match.group(2)
+
+
+def check_key(key: str) -> str:
+    """``key`` if it is a valid output key, else ValueError."""
+    split_key(key)
+    return key
 
 
 def manifest_key(prefix: str, part_name: str) -> str:
-    """``{prefix}/manifest/{part_name}`` for an uploaded manifest part."""
     if not re.fullmatch(r"part-[A-Za-z0-9_-]{1,200}\.parquet", part_name):
         raise ValueError(f"part_name={part_name!r}: must be part-<id>.parquet")
     return f"{check_prefix(prefix)}/manifest/{part_name}"

@@ -57,17 +57,16 @@ class LocalStore:
 
     def _scan(self) -> None:
         found = []
-        with os.scandir(self._dir) as scan:
-            for item in scan:
-                name, _, extension = item.name.rpartition(".")
-                if not keys.NAME_RE.fullmatch(name):
-                    continue
-                with contextlib.suppress(FileNotFoundError):
-                    if extension == "json":  # a record of the earlier, spool-based layout
-                        os.unlink(item.path)
-                    elif extension in keys.EXTENSIONS:
-                        stat = item.stat()
-                        found.append(LocalEntry(name, extension, stat.st_size, stat.st_mtime))
+        for path in self._dir.iterdir():
+            name, extension = path.stem, path.suffix[1:]
+            if not keys.NAME_RE.fullmatch(name):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if extension == "json":  # a record of the earlier, spool-based layout
+                    path.unlink()
+                elif extension in keys.EXTENSIONS:
+                    stat = path.stat()
+                    found.append(LocalEntry(name, extension, stat.st_size, stat.st_mtime))
         for entry in sorted(found, key=lambda e: (e.created, e.name)):
             self._add(entry)
 
@@ -108,20 +107,14 @@ class LocalStore:
         with self._lock:
             entry = self._index.get(name)
         for extension in (entry.extension,) if entry is not None else keys.EXTENSIONS:
-            try:
-                with open(self._path(name, extension), "rb") as handle:  # readable if evicted meanwhile
-                    return handle.read(), CONTENT_TYPES[extension]
-            except FileNotFoundError:
-                continue
+            with contextlib.suppress(FileNotFoundError):  # once open, readable if evicted meanwhile
+                return self._path(name, extension).read_bytes(), CONTENT_TYPES[extension]
         return None
 
     def names(self) -> list[str]:
         """Names of the indexed outputs, oldest first."""
         with self._lock:
             return list(self._index)
-
-    def used_bytes(self) -> int:
-        return self._bytes
 
     def stats(self) -> dict[str, Any]:
         """``spool_bytes``, ``spool_entries`` and ``oldest_age_s``, as the sink reports them."""

@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ray_dit.sink.files import fsync_dir, replacing, write_atomic
+from ray_dit.sink.files import fsync_dir, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +147,9 @@ class Manifest:
         table = pa.Table.from_pydict(columns, schema=SCHEMA)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         final = self.root / f"part-{stamp}-{uuid.uuid4().hex[:12]}.parquet"
-        with replacing(final, self.root) as tmp:
-            pq.write_table(table, tmp, compression="zstd")
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer, compression="zstd")
+        write_atomic(final, buffer.getvalue().to_pybytes(), self.root)
         fsync_dir(self.root)
         return final
 
@@ -161,15 +162,14 @@ class Manifest:
     def upload(self, put: Callable[[str, bytes], object]) -> int:
         """Upload the parts not yet marked as uploaded with ``put(part_name, data)``; returns how
         many. A part whose ``put`` raises stays unmarked and is tried again next time."""
-        done = 0
         with self._locked() as mine:
             if not mine:
                 return 0
-            for part in self.unuploaded_parts():
+            parts = self.unuploaded_parts()
+            for part in parts:
                 put(part.name, part.read_bytes())
                 (self._uploaded / part.name).touch()
-                done += 1
-        return done
+            return len(parts)
 
     def read(self) -> pa.Table:
         """Every flushed row, as one table (pending rows are not included: call flush first)."""

@@ -18,10 +18,12 @@ Choices, each for a reason:
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import re
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -31,8 +33,6 @@ from botocore.config import Config
 
 from ray_dit.config import StorageSettings
 from ray_dit.errors import RayDitError
-
-log = logging.getLogger(__name__)
 
 NOISY_LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer")
 _CODE_RE = re.compile(r"[A-Za-z0-9.]{1,64}")
@@ -56,26 +56,16 @@ class StorageError(RayDitError):
     """A sanitized S3 failure: operation, status and error code, never bodies or credentials."""
 
     def __init__(
-        self, message: str, *, op: str, status: int | None = None, code: str | None = None, retryable: bool
+        self, message: str, op: str, retryable: bool, status: int | None = None, code: str | None = None
     ) -> None:
         super().__init__(message)
         self.op = op
+        self.retryable = retryable
         self.status = status
         self.code = code
-        self.retryable = retryable
 
     def __reduce__(self) -> tuple[Any, ...]:  # survives pickling through Ray
-        return (_rebuild_error, (str(self), self.op, self.status, self.code, self.retryable))
-
-
-def _rebuild_error(
-    message: str, op: str, status: int | None, code: str | None, retryable: bool
-) -> StorageError:
-    return StorageError(message, op=op, status=status, code=code, retryable=retryable)
-
-
-# ---------------------------------------------------------------------------------------------
-# logging hygiene
+        return (StorageError, (str(self), self.op, self.retryable, self.status, self.code))
 
 
 class _CredentialRedactor(logging.Filter):
@@ -115,13 +105,9 @@ _REDACTOR = _CredentialRedactor()
 def pin_library_loggers(*secrets: str | None) -> None:
     """Pin boto3/botocore/urllib3/s3transfer to WARNING and redact ``secrets`` in their records."""
     _REDACTOR.add(*secrets)
-    manager = logging.Logger.manager
-    names = [
-        name
-        for name in list(manager.loggerDict)
-        if any(name == n or name.startswith(n + ".") for n in NOISY_LOGGERS)
-    ]
-    for name in set(names) | set(NOISY_LOGGERS):
+    for name in {*NOISY_LOGGERS, *logging.Logger.manager.loggerDict}:  # a snapshot
+        if name.split(".")[0] not in NOISY_LOGGERS:
+            continue
         logger = logging.getLogger(name)
         if name in NOISY_LOGGERS:
             logger.setLevel(logging.WARNING)
@@ -129,16 +115,12 @@ def pin_library_loggers(*secrets: str | None) -> None:
             logger.addFilter(_REDACTOR)
 
 
-# ---------------------------------------------------------------------------------------------
-# error translation
-
-
 def _status_of(exc: bexc.ClientError) -> int | None:
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return int(status) if isinstance(status, int) else None
 
 
-def _code_of(exc: bexc.ClientError, status: int | None) -> str | None:
+def _code_of(exc: bexc.ClientError) -> str | None:
     code = str(exc.response.get("Error", {}).get("Code") or "")
     if code.isdigit():  # HEAD responses have no body: botocore uses the status as the code
         code = {"404": "NoSuchBucket", "403": "AccessDenied", "301": "PermanentRedirect"}.get(code, "")
@@ -152,17 +134,12 @@ def sanitize(exc: BaseException, op: str, where: str, endpoint: str | None) -> S
         return exc
     if isinstance(exc, bexc.ClientError):
         status = _status_of(exc)
-        code = _code_of(exc, status)
+        code = _code_of(exc)
         permanent = code in PERMANENT_CODES or status in (400, 401, 403, 404, 405, 411, 413)
         if code in ("SlowDown", "RequestTimeout", "RequestTimeTooSkewed", "InternalError"):
             permanent = False
-        return StorageError(
-            f"S3 {op} on {where} failed: HTTP {status if status is not None else '?'} {code or 'error'}",
-            op=op,
-            status=status,
-            code=code,
-            retryable=not permanent,
-        )
+        message = f"S3 {op} on {where} failed: HTTP {status if status is not None else '?'} {code or 'error'}"
+        return StorageError(message, op, retryable=not permanent, status=status, code=code)
     if isinstance(exc, bexc.NoCredentialsError | bexc.PartialCredentialsError):
         return StorageError(
             "no S3 credentials found: set SGLANG_S3_ACCESS_KEY_ID and SGLANG_S3_SECRET_ACCESS_KEY, "
@@ -180,10 +157,6 @@ def sanitize(exc: BaseException, op: str, where: str, endpoint: str | None) -> S
     else:
         reason = f"failed ({type(exc).__name__}) talking to"
     return StorageError(f"S3 {op} on {where} {reason} {target}", op=op, retryable=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# the client
 
 
 def client_config(settings: StorageSettings, *, signed: bool = True) -> Config:
@@ -228,43 +201,44 @@ class S3Bucket:
     def _where(self, key: str | None = None) -> str:
         return f"s3://{self.bucket}/{key}" if key else f"bucket {self.bucket!r}"
 
-    def _after_call(self) -> None:
-        # botocore creates some module loggers lazily, during the first request: filter them too.
-        if not self._repinned:
-            self._repinned = True
-            pin_library_loggers()
+    @contextlib.contextmanager
+    def _translated(self, op: str, key: str | None = None) -> Iterator[None]:
+        """Around one client request: any failure becomes a sanitized :class:`StorageError`."""
+        try:
+            yield
+        except Exception as exc:
+            raise sanitize(exc, op, self._where(key), self.settings.endpoint_url) from None
+        finally:
+            # botocore creates some module loggers lazily, during the first request: filter them too.
+            if not self._repinned:
+                self._repinned = True
+                pin_library_loggers()
 
     def check_bucket(self) -> None:
         """Start-up check: raise a StorageError saying what is wrong if the bucket is unusable."""
         try:
-            self._client.head_bucket(Bucket=self.bucket)
-        except Exception as exc:
-            error = sanitize(exc, "HeadBucket", self._where(), self.settings.endpoint_url)
+            with self._translated("HeadBucket"):
+                self._client.head_bucket(Bucket=self.bucket)
+        except StorageError as error:
             hint = {
                 "NoSuchBucket": "the bucket does not exist (check SGLANG_S3_BUCKET_NAME)",
                 "AccessDenied": "access denied (check the credentials and the bucket policy)",
                 "PermanentRedirect": "the bucket lives in another region (check SGLANG_S3_REGION_NAME)",
             }.get(error.code or "")
-            message = f"{error} - {hint}" if hint else str(error)
-            raise StorageError(
-                message, op=error.op, status=error.status, code=error.code, retryable=error.retryable
-            ) from None
-        finally:
-            self._after_call()
+            if not hint:
+                raise
+            message = f"{error} - {hint}"
+            raise StorageError(message, error.op, error.retryable, error.status, error.code) from None
 
     def put(self, key: str, data: bytes, content_type: str, md5_hex: str) -> float:
         """Single-part PUT with Content-MD5 and Content-Type; confirms ETag == MD5 (if enabled).
         Returns the seconds it took (the manifest's ``upload_s``)."""
         started = time.monotonic()
         content_md5 = base64.b64encode(bytes.fromhex(md5_hex)).decode()
-        try:
+        with self._translated("PutObject", key):
             response = self._client.put_object(
                 Bucket=self.bucket, Key=key, Body=data, ContentMD5=content_md5, ContentType=content_type
             )
-        except Exception as exc:
-            raise sanitize(exc, "PutObject", self._where(key), self.settings.endpoint_url) from None
-        finally:
-            self._after_call()
         etag = str(response.get("ETag", "")).strip('"').lower()
         if self.settings.verify_etag and etag != md5_hex.lower():
             raise StorageError(
@@ -279,24 +253,24 @@ class S3Bucket:
     def get(self, key: str) -> bytes | None:
         """The object's bytes, or None when it does not exist."""
         try:
-            response = self._client.get_object(Bucket=self.bucket, Key=key)
-            with response["Body"] as body:
-                return body.read()
-        except Exception as exc:
-            error = sanitize(exc, "GetObject", self._where(key), self.settings.endpoint_url)
+            with self._translated("GetObject", key):
+                response = self._client.get_object(Bucket=self.bucket, Key=key)
+                with response["Body"] as body:
+                    return body.read()
+        except StorageError as error:
             if error.status == 404:
                 return None
-            raise error from None
+            raise
 
     def exists(self, key: str) -> bool:
         """Whether the object is in the bucket (HEAD); raises StorageError if S3 cannot say."""
         try:
-            self._client.head_object(Bucket=self.bucket, Key=key)
-        except Exception as exc:
-            error = sanitize(exc, "HeadObject", self._where(key), self.settings.endpoint_url)
+            with self._translated("HeadObject", key):
+                self._client.head_object(Bucket=self.bucket, Key=key)
+        except StorageError as error:
             if error.status == 404:
                 return False
-            raise error from None
+            raise
         return True
 
     def object_url(self, key: str) -> str:
@@ -315,7 +289,5 @@ class S3Bucket:
 
     def close(self) -> None:
         for client in (self._client, self._unsigned):
-            try:
+            with contextlib.suppress(Exception):  # older botocore has no close(); nothing to release then
                 client.close()
-            except Exception:  # older botocore has no close(); nothing else to release then
-                log.debug("S3 client close failed", exc_info=False)

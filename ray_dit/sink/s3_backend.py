@@ -34,24 +34,19 @@ class S3Backend:
         self.spool = Spool(settings.spool_dir, settings.spool_max_bytes)
         self.spool.sweep()
         self.bucket = S3Bucket(settings)
-        if check_bucket:
-            self._check_bucket()
+        try:
+            if check_bucket:
+                self.bucket.check_bucket()
+        except StorageError as exc:  # only a definitive misconfiguration fails the start
+            if not exc.retryable:
+                self.bucket.close()
+                raise
+            log.warning("S3 not reachable at start (outputs will wait in the spool): %s", exc)
         self.uploader = Uploader(
             self.spool, self.bucket, manifest, backoff_base_s=backoff_base_s, rescan_s=rescan_s
         )
         if start:
             self.uploader.start()
-
-    def _check_bucket(self) -> None:
-        """Fail the start on a definitive misconfiguration, but only warn while S3 is unreachable:
-        the spool exists precisely to ride that out."""
-        try:
-            self.bucket.check_bucket()
-        except StorageError as exc:
-            if not exc.retryable:
-                self.bucket.close()
-                raise
-            log.warning("S3 not reachable at start (outputs will wait in the spool): %s", exc)
 
     def put(self, output: Output) -> SpoolEntry:
         # Records keep this shape, so entries spooled by older versions upload the same way.
@@ -62,8 +57,6 @@ class S3Backend:
         return entry
 
     def content(self, request_id: str, index: int, key: str | None) -> tuple[bytes, str] | None:
-        """From the spool while the output waits there, else from S3: by the key this process
-        spooled, or by ``key`` from the caller, which must belong to ``request_id``/``index``."""
         found = self.spool.read(request_id, index)
         if found is not None:
             return found[0], found[1].content_type
@@ -91,15 +84,12 @@ class S3Backend:
         return self.spool.is_full()
 
     def stats(self) -> dict[str, Any]:
-        used, age = self.spool.used_bytes(), self.spool.oldest_age_s()
-        spooled = {"spool_bytes": used, "spool_entries": len(self.spool.names()), "oldest_age_s": age}
-        return {**spooled, **self.uploader.stats()}
+        return {**self.spool.stats(), **self.uploader.stats()}
 
     def drain(self, timeout: float) -> bool:
         return self.uploader.drain(timeout)
 
     def close(self, timeout: float, drain: bool) -> None:
-        """What is not uploaded stays in the spool for the next sink to resume."""
         if drain:
             self.uploader.drain(timeout)
         self.uploader.stop(timeout)  # folds the manifest (and ships it if S3 is healthy)

@@ -7,10 +7,10 @@ uploads run in the background: neither the GPU replica nor a b64_json response w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -43,8 +43,9 @@ class _Request:
     include_data: bool
 
 
-class FrameSink:
-    """Encode -> store, for one sink replica. Thread-safe; call ``close()`` at the end.
+class FrameSink(contextlib.AbstractContextManager):
+    """Encode -> store, for one sink replica. Thread-safe; call ``close()`` at the end (or use it
+    as a context manager).
 
     ``check_bucket`` runs a HeadBucket at start: a definitive misconfiguration raises
     :class:`ray_dit.sink.s3.StorageError`, an unreachable S3 only logs a warning (the spool rides
@@ -70,8 +71,10 @@ class FrameSink:
         else:
             self._backend = LocalBackend(settings, self.manifest, start)
         self._closed = False
-        self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
+        # Its threads start on the first parallel store, not here (the sink deployment lowers its
+        # process's priority first).
+        workers = min(ENCODE_THREADS, os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ray-dit-encode")
 
     def __repr__(self) -> str:
         return f"FrameSink({self.settings!r})"
@@ -83,8 +86,6 @@ class FrameSink:
     @property
     def closed(self) -> bool:
         return self._closed
-
-    # -- storing ------------------------------------------------------------------------------
 
     def store(
         self,
@@ -109,9 +110,7 @@ class FrameSink:
             outputs = [self._store_one(result, i, request) for i in range(count)]
         else:
             # The PNG, WebP and MP4 encoders release the GIL, so n outputs encode side by side.
-            outputs = list(
-                self._encode_pool().map(lambda i: self._store_one(result, i, request), range(count))
-            )
+            outputs = list(self._pool.map(lambda i: self._store_one(result, i, request), range(count)))
         if wait_url_s > 0:
             deadline = time.monotonic() + wait_url_s
             for out in outputs:
@@ -139,17 +138,14 @@ class FrameSink:
         and an ffmpeg child that could not start or died (out of processes or memory for a
         moment) must not lose them. Bad frames or formats raise at once."""
         frames, level = result.frames[index], self.settings.png_compress_level
-        attempt = 1
-        while True:
+        for attempt in range(1, ENCODE_ATTEMPTS):
             try:
                 return encode_output(frames, result.kind, request.fmt, result.fps, png_level=level)
             except OSError as exc:
-                if attempt >= ENCODE_ATTEMPTS:
-                    raise
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 message = "encoding %s output %d as %s failed (attempt %d of %d), retrying: %s"
                 log.warning(message, request.request_id, index, request.fmt, attempt, ENCODE_ATTEMPTS, reason)
-                attempt += 1
+        return encode_output(frames, result.kind, request.fmt, result.fps, png_level=level)
 
     def _store_one(self, result: GenerationResult, index: int, request: _Request) -> StoredOutput:
         """Encode and store output ``index``: each output is acknowledged on its own."""
@@ -173,22 +169,13 @@ class FrameSink:
             extension=encoded.extension,
             num_bytes=written.size,
             md5=written.md5,
-            storage="s3" if self.s3_enabled else "local",
+            storage=self._backend.storage,
             encode_s=encode_s,
             spool_s=spool_s,
             created=written.created,
             data=encoded.data if request.include_data else None,
             **encoded.facts(),
         )
-
-    def _encode_pool(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._pool is None:
-                workers = min(ENCODE_THREADS, os.cpu_count() or 1)
-                self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ray-dit-encode")
-            return self._pool
-
-    # -- URLs, status and content (served by the ingress at /v1/images/{id}/content) ----------
 
     def status(self, key: str) -> str:
         """``pending``, ``uploaded``, ``unknown`` (S3 on) or ``local`` (S3 off)."""
@@ -204,13 +191,11 @@ class FrameSink:
         return self._backend.wait_url(key, self.settings.url_wait_s if timeout is None else timeout)
 
     def content(self, request_id: str, index: int = 0, key: str | None = None) -> tuple[bytes, str] | None:
-        """(bytes, content type) of one output, or None when not found: from the spool or local
-        store, else from S3, asked for outputs this replica stored or for ``key`` (kept from the
-        StoredOutput; it must belong to ``request_id``/``index``). Raises StorageError when S3
-        has to be asked and cannot be reached (answer 503 then)."""
+        """(bytes, content type) of one output, for ``/v1/images/{id}/content``; None when not
+        found. From the spool or local store, else from S3, asked for outputs this replica stored
+        or for ``key`` (kept from the StoredOutput; it must belong to ``request_id``/``index``).
+        Raises StorageError when S3 has to be asked and cannot be reached (answer 503 then)."""
         return self._backend.content(request_id, index, key)
-
-    # -- admission, health and shutdown -------------------------------------------------------
 
     def is_full(self) -> bool:
         """True when the spool reached its cap: refuse new work (503 + Retry-After) until it drains."""
@@ -218,10 +203,9 @@ class FrameSink:
 
     def stats(self) -> dict[str, Any]:
         """Numbers for metrics and /health: spool bytes and age, uploads, retries."""
-        limit = int(self.settings.spool_max_bytes)
         return {
             "storage": self._backend.storage,
-            "spool_max_bytes": limit,
+            "spool_max_bytes": int(self.settings.spool_max_bytes),
             "full": self.is_full(),
             **self._backend.stats(),
         }
@@ -237,11 +221,7 @@ class FrameSink:
             return
         self._closed = True
         self._backend.close(timeout, drain)
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-
-    def __enter__(self) -> FrameSink:
-        return self
+        self._pool.shutdown(wait=True)
 
     def __exit__(self, *exc: object) -> None:
         self.close()

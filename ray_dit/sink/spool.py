@@ -57,11 +57,10 @@ class SpoolEntry:
     meta: Mapping[str, Any] = field(repr=False, compare=False)
 
 
-class Claim:
+class Claim(contextlib.AbstractContextManager):
     """Exclusive right to upload or remove one entry; released on close or when the process dies."""
 
-    def __init__(self, name: str, fd: int, path: Path) -> None:
-        self.name = name
+    def __init__(self, fd: int, path: Path) -> None:
         self._fd: int | None = fd
         self._path = path
 
@@ -77,9 +76,6 @@ class Claim:
                 os.unlink(self._path)
         os.close(self._fd)
         self._fd = None
-
-    def __enter__(self) -> Claim:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.release()
@@ -140,11 +136,7 @@ class Spool:
             raise SpoolError(f"could not write spool entry {name}: {exc.strerror or exc}") from None
         finally:
             claim.release()
-        with self._mutex:
-            if old is not None:
-                self._bytes_cache = None
-            elif self._bytes_cache is not None:
-                self._bytes_cache += len(data) + len(encoded)
+        self._account(None if old is not None else len(data) + len(encoded))
         return self._entry_from_record(record)
 
     def _load(self, meta_path: Path) -> SpoolEntry | None:
@@ -166,25 +158,13 @@ class Spool:
         size, md5, content_type = int(record["size"]), str(record["md5"]), str(record["content_type"])
         return SpoolEntry(name, key, *paths, size, md5, content_type, float(record["created"]), record)
 
-    @staticmethod
-    def _size_of(entry: SpoolEntry) -> int:
-        try:
-            return entry.size + entry.meta_path.stat().st_size
-        except FileNotFoundError:
-            return entry.size
-
     def get(self, name: str) -> SpoolEntry | None:
         """The entry called ``name`` (``{request_id}_{index}``), or None once it is gone."""
         return self._load(self._path(self._pending, name, "json"))
 
     def names(self) -> set[str]:
         """Names of the entries present now (cheap: a directory listing, no record reads)."""
-        with os.scandir(self._pending) as scan:
-            return {
-                item.name[:-5]
-                for item in scan
-                if item.name.endswith(".json") and keys.NAME_RE.fullmatch(item.name[:-5])
-            }
+        return {path.stem for path in self._pending.glob("*.json") if keys.NAME_RE.fullmatch(path.stem)}
 
     def pending(self) -> list[SpoolEntry]:
         """Every entry in the spool, oldest first, including those left by dead processes."""
@@ -195,15 +175,10 @@ class Spool:
     def read(self, request_id: str, index: int) -> tuple[bytes, SpoolEntry] | None:
         """The bytes and entry of one output, or None when it is not (or no longer) here."""
         entry = self.get(keys.entry_name(request_id, index))
-        if entry is None:
-            return None
-        try:
-            with open(entry.data_path, "rb") as handle:  # still readable if removed meanwhile
-                return handle.read(), entry
-        except FileNotFoundError:
-            return None
-
-    # -- claims: who may upload or remove an entry --------------------------------------------
+        with contextlib.suppress(FileNotFoundError):
+            if entry is not None:
+                return entry.data_path.read_bytes(), entry  # open, it stays readable if removed meanwhile
+        return None
 
     def claim(self, name: str) -> Claim | None:
         """Try to take the entry's lock without waiting; None if another uploader holds it."""
@@ -220,12 +195,9 @@ class Spool:
                 raise
             # The holder before us may have removed the entry and unlinked this lock file; a lock
             # on an unlinked file protects nothing, so take the lock on the current file instead.
-            try:
-                same = os.stat(path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                return Claim(name, fd, path)
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    return Claim(fd, path)
             os.close(fd)
         return None
 
@@ -250,19 +222,15 @@ class Spool:
             return False
         try:
             current = self._load(entry.meta_path)
-            if current is None:
-                own.release(unlink=True)
-                return True
-            if current.md5 != entry.md5:
+            if current is not None and current.md5 != entry.md5:
                 return False
-            freed = self._size_of(current)
-            # Record first, bytes after: an entry never exists without its bytes.
-            os.unlink(current.meta_path)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(current.data_path)
-            with self._mutex:
-                if self._bytes_cache is not None:
-                    self._bytes_cache = max(self._bytes_cache - freed, 0)
+            if current is not None:
+                freed = current.size + current.meta_path.stat().st_size
+                # Record first, bytes after: an entry never exists without its bytes.
+                os.unlink(current.meta_path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(current.data_path)
+                self._account(-freed)
             own.release(unlink=True)
             return True
         finally:
@@ -272,18 +240,20 @@ class Spool:
         """Move an entry whose bytes are corrupt out of the way (under ``claim``) and log it."""
         log.error("spool entry %s: bytes do not match the recorded MD5; quarantined", entry.name)
         self._quarantine_files(entry.data_path, entry.meta_path)
-        self._invalidate()
+        self._account(None)
 
     def _quarantine_files(self, *paths: Path) -> None:
         for path in paths:
             with contextlib.suppress(FileNotFoundError):
                 os.replace(path, self._quarantine / f"{path.name}.{int(time.time())}")
 
-    # -- size and housekeeping ----------------------------------------------------------------
-
-    def _invalidate(self) -> None:
+    def _account(self, change: int | None) -> None:
+        """Apply a known change to the cached byte count; None forgets it (the next read rescans)."""
         with self._mutex:
-            self._bytes_cache = None
+            if change is None or self._bytes_cache is None:
+                self._bytes_cache = None
+            else:
+                self._bytes_cache = max(self._bytes_cache + change, 0)
 
     def used_bytes(self) -> int:
         """Bytes held by entries (all processes), rescanned at most every ``scan_interval_s``."""
@@ -304,15 +274,14 @@ class Spool:
         """True once the spool holds ``max_bytes`` or more: the ingress should refuse new work."""
         return self.used_bytes() >= self.max_bytes
 
-    def oldest_age_s(self) -> float:
-        """Age of the oldest entry (from file times: one listing, no record reads)."""
-        oldest = time.time()
-        with os.scandir(self._pending) as scan:
-            for item in scan:
-                with contextlib.suppress(FileNotFoundError):
-                    if item.name.endswith(".json"):
-                        oldest = min(oldest, item.stat().st_mtime)
-        return max(0.0, time.time() - oldest)
+    def stats(self) -> dict[str, Any]:
+        """``spool_bytes``, ``spool_entries`` and ``oldest_age_s`` (from file times: no record reads)."""
+        names, oldest = self.names(), time.time()
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                oldest = min(oldest, (self._pending / f"{name}.json").stat().st_mtime)
+        age = max(0.0, time.time() - oldest)
+        return {"spool_bytes": self.used_bytes(), "spool_entries": len(names), "oldest_age_s": age}
 
     def sweep(self) -> int:
         """Remove leftovers of crashed writers: stale temp files and bytes without a record."""
@@ -330,5 +299,5 @@ class Spool:
                     path.unlink()
                     removed += 1
         if removed:
-            self._invalidate()
+            self._account(None)
         return removed

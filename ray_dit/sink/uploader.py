@@ -41,7 +41,6 @@ class _Upload:
     attempts: int = 0
     next_at: float = 0.0  # monotonic
     inflight: bool = False
-    last_error: str | None = None
 
 
 def _remember(table: OrderedDict[str, Any], key: str, value: Any = None) -> None:
@@ -94,8 +93,6 @@ class Uploader:
             self._cond.wait_for(lambda: not any(u.inflight for u in self._uploads.values()), remaining)
             s3_healthy = not any(u.inflight or u.attempts for u in self._uploads.values())
         self._manifest_step(ship=s3_healthy)  # no shipping while S3 fails: stop stays quick
-
-    # -- what the S3 backend asks -------------------------------------------------------------
 
     def notify(self, entry: SpoolEntry) -> None:
         """A new entry was spooled by this process: upload it as soon as a worker is free."""
@@ -178,8 +175,6 @@ class Uploader:
             stats["retrying"] = sum(u.attempts > 0 for u in self._uploads.values())
         return {**stats, "s3_unreachable": self.breaker.tripped}
 
-    # -- scheduler ----------------------------------------------------------------------------
-
     def _run(self) -> None:
         next_scan, next_sweep, next_row_check = 0.0, time.monotonic() + _SWEEP_S, 0.0
         while not self._stop.is_set():
@@ -244,22 +239,20 @@ class Uploader:
                 self._pool.submit(self._attempt, upload)
         return next_due
 
-    # -- one upload attempt (worker thread) ---------------------------------------------------
-
     def _attempt(self, upload: _Upload) -> None:
+        """One upload attempt, on a worker thread."""
         outcome = "retry"
         try:
             outcome = self._try_upload(upload)
         except (StorageError, SpoolError, OSError) as exc:
-            upload.last_error = str(exc) if isinstance(exc, StorageError | SpoolError) else type(exc).__name__
             attempt = upload.attempts + 1
             if attempt in (1, 3) or attempt % 10 == 0:  # retried even so: no output is given up
+                reason = str(exc) if isinstance(exc, StorageError | SpoolError) else type(exc).__name__
                 permanent = isinstance(exc, StorageError) and not exc.retryable
                 level = logging.ERROR if permanent else logging.WARNING
-                args = (upload.key, attempt, upload.last_error)
+                args = (upload.key, attempt, reason)
                 log.log(level, "upload of %s failed (attempt %d), will retry: %s", *args)
-        except Exception as exc:
-            upload.last_error = type(exc).__name__
+        except Exception:
             log.exception("upload of %s failed unexpectedly", upload.key)
         finally:
             self._finish(upload, outcome)
