@@ -60,11 +60,9 @@ class CacheDitController:
     # -- planning -------------------------------------------------------------------------
 
     def plan(self, settings: CacheDitSettings, steps: int, separate_cfg: bool) -> RequestPlan:
-        expert_steps = self._expert_steps(steps)
-        masks: list[list[int] | None] = []
-        for n in expert_steps:
-            masks.append(steps_mask(settings, n) if settings.enabled and n > 0 else None)
-        return RequestPlan(settings, steps, separate_cfg, tuple(expert_steps), tuple(masks))
+        expert_steps = tuple(self._expert_steps(steps))
+        masks = tuple(steps_mask(settings, n) if settings.enabled and n > 0 else None for n in expert_steps)
+        return RequestPlan(settings, steps, separate_cfg, expert_steps, masks)
 
     def _expert_steps(self, steps: int) -> list[int]:
         """Split the steps between the high-noise and low-noise experts as the pipeline will."""
@@ -109,29 +107,25 @@ class CacheDitController:
         return cache_config, calibrator
 
     def _mount(self, plan: RequestPlan) -> None:
+        """One transformer is cached as itself; two experts (Wan 2.2) as one ``BlockAdapter``
+        with a ``ParamsModifier`` per expert (primary and ``SECONDARY_*`` knobs)."""
         import cache_dit
+        from cache_dit import BlockAdapter, ForwardPattern, ParamsModifier
 
-        if len(self.transformers) == 1:
-            cache_config, calibrator = self._configs(plan, 0)
-            cache_dit.enable_cache(
-                self.transformers[0], cache_config=cache_config, calibrator_config=calibrator
-            )
-        else:
-            from cache_dit import BlockAdapter, ForwardPattern, ParamsModifier
-
-            modifiers = []
-            for i in range(len(self.transformers)):
-                cache_config, calibrator = self._configs(plan, i)
-                modifiers.append(ParamsModifier(cache_config=cache_config, calibrator_config=calibrator))
-            adapter = BlockAdapter(
+        target: Any = self.transformers[0]
+        if len(self.transformers) > 1:
+            target = BlockAdapter(
                 transformer=self.transformers,
                 blocks=[_block_lists(t)[0] for t in self.transformers],
                 forward_pattern=[ForwardPattern.Pattern_2] * len(self.transformers),
-                params_modifiers=modifiers,
+                params_modifiers=[
+                    ParamsModifier(cache_config=cache, calibrator_config=calibrator)
+                    for cache, calibrator in (self._configs(plan, i) for i in range(len(self.transformers)))
+                ],
                 has_separate_cfg=True,
             )
-            cache_config, calibrator = self._configs(plan, 0)
-            cache_dit.enable_cache(adapter, cache_config=cache_config, calibrator_config=calibrator)
+        cache_config, calibrator = self._configs(plan, 0)
+        cache_dit.enable_cache(target, cache_config=cache_config, calibrator_config=calibrator)
         self.mounted = True
 
     def prepare(self, plan: RequestPlan) -> None:

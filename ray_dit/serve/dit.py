@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from ray_dit.api import GenerationRequest, GenerationResult
 from ray_dit.errors import RequestCancelled
@@ -39,8 +40,8 @@ class DiTDeployment:
         model: str,
         device: str = "auto",
         dtype: str = "auto",
-        jobs: Any | None = None,
-        sink: Any | None = None,
+        jobs: DeploymentHandle | None = None,
+        sink: DeploymentHandle | None = None,
     ) -> None:
         from ray_dit.engine import Engine, EngineOptions  # torch/diffusers load only here
 
@@ -78,10 +79,8 @@ class DiTDeployment:
         request = self.engine.resolve(request)  # what only the engine can check, before queueing
         loop = asyncio.get_running_loop()
         cancel = threading.Event()
-        progress = _ProgressReporter(self._jobs, job_id, loop, cancel) if job_id else None
+        progress = _ProgressReporter(self._jobs, job_id, cancel) if job_id and self._jobs else None
         on_step = progress.on_step if progress else None
-        if progress:
-            progress.start()
         future = loop.run_in_executor(self._executor, self._run, request, arrived, on_step, cancel.is_set)
         try:
             result = await asyncio.shield(future)
@@ -150,43 +149,26 @@ class _ProgressReporter:
     deleted meanwhile (which cancels the denoise).
     """
 
-    def __init__(self, jobs: Any, job_id: str, loop: asyncio.AbstractEventLoop, cancel: threading.Event):
-        self.jobs = jobs
-        self.job_id = job_id
-        self.loop = loop
-        self.cancel = cancel
-        self.step = 0
-        self.total = 0
-        self._task: asyncio.Task | None = None
-        self._sent = -1
+    def __init__(self, jobs: DeploymentHandle, job_id: str, cancel: threading.Event) -> None:
+        self.jobs, self.job_id, self.cancel = jobs, job_id, cancel
+        self.step, self.total = 0, 0
+        self._task = asyncio.get_running_loop().create_task(self._loop())
 
     def on_step(self, step: int, total: int) -> None:
         self.step, self.total = step, total
 
-    def start(self) -> None:
-        self._task = self.loop.create_task(self._loop())
-
-    async def _push(self) -> None:
-        if self.jobs is None or self.step == self._sent:
-            return
-        self._sent = self.step
-        percent = int(100 * self.step / self.total) if self.total else 0
-        alive = await self.jobs.progress.remote(self.job_id, min(percent, 99))
-        if alive is False:
-            self.cancel.set()
-
     async def _loop(self) -> None:
+        sent = None
         with contextlib.suppress(asyncio.CancelledError):
-            if self.jobs is not None:
-                alive = await self.jobs.progress.remote(self.job_id, 0)
-                if alive is False:
-                    self.cancel.set()
             while True:
+                if self.step != sent:
+                    sent = self.step
+                    percent = min(99, 100 * self.step // self.total) if self.total else 0
+                    if await self.jobs.progress.remote(self.job_id, percent) is False:
+                        self.cancel.set()
                 await asyncio.sleep(PROGRESS_INTERVAL_S)
-                await self._push()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+        self._task.cancel()
+        with contextlib.suppress(BaseException):
+            await self._task
