@@ -28,6 +28,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -352,7 +353,7 @@ def main() -> None:
             arch_overrides[key] = tuple(arch_overrides[key])
     arch = ShapesArch(**arch_overrides)
     pipe = build_untrained(arch, seed=args.seed)
-    log(f"arch {arch.as_dict()}")
+    log(f"arch {asdict(arch)}")
     for name in ("text_encoder", "text_encoder_2", "vae", "transformer"):
         n = sum(p.numel() for p in getattr(pipe, name).parameters())
         log(f"{name}: {n / 1e6:.2f}M parameters")
@@ -365,7 +366,7 @@ def main() -> None:
     log(
         f"rendered {len(samples)} images of {len(combos)} trained combinations ({len(world.eval_combos())} held out)"
     )
-    report: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "arch": arch.as_dict()}
+    report: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "arch": asdict(arch)}
 
     if args.vae_from is not None:
         pipe.vae = type(pipe.vae).from_pretrained(args.vae_from / "vae")

@@ -1,10 +1,7 @@
 """Environment -> typed, validated settings: the one settings layer of ray_dit.
 
 Ray sets the environment from ``runtime_env.env_vars``. ``SGLANG_*`` names and defaults are
-exactly SGLang's, so a deployment that worked with SGLang's diffusion server works here. Parsing
-is strict: one :class:`ConfigError` names every bad variable, its value and what is allowed.
-Modules: ``parsers``, ``reader`` (the env reader), ``cache_dit``, ``overrides`` (per
-request), ``storage``, ``server`` (the HTTP edge), ``seed`` (SGLang's documented table).
+exactly SGLang's, so a deployment that worked with SGLang's diffusion server works here.
 """
 
 from __future__ import annotations

@@ -37,8 +37,6 @@ def bins_parser(allowed: str) -> Callable[[Any], tuple[int, ...]]:
 
 
 parse_bins = bins_parser("comma-separated positive integers, e.g. 8,3,3,2,2")
-
-
 _MC_PARSER = int_at_least(-1, "an integer >= -1 (-1 = unlimited)")
 
 
@@ -90,11 +88,8 @@ class CacheDitSettings:
         return self.scm_compute_bins is not None or self.scm_preset != "none"
 
     def with_overrides(self, overrides: CacheOverrides) -> CacheDitSettings:
-        """These settings with a request's parsed overrides applied (it cannot fail).
-
-        The secondary expert follows the request's primary changes unless the request sets the
-        knob under ``secondary``: a client tuning one threshold means it for the whole request.
-        """
+        """A request's parsed overrides applied (cannot fail). The secondary expert follows the primary
+        changes unless ``secondary`` sets the knob: one tuned threshold is meant for the whole request."""
         enabled = self.enabled if overrides.enable_cache_dit is None else overrides.enable_cache_dit
         secondary = {**overrides.primary, **overrides.secondary}
         return dataclasses.replace(
@@ -109,10 +104,10 @@ class CacheDitSettings:
         """A short, stable label in cache-dit's ``strify`` spirit, for logs and stats."""
         if not self.enabled:
             return "NONE"
-        k = self.primary
-        label = f"DBCache_F{k.fn}B{k.bn}_W{k.warmup}MC{k.mc}_R{k.rdt:g}"
-        if k.taylorseer:
-            label += f"_TS{k.ts_order}"
+        knobs = self.primary
+        label = f"DBCache_F{knobs.fn}B{knobs.bn}_W{knobs.warmup}MC{knobs.mc}_R{knobs.rdt:g}"
+        if knobs.taylorseer:
+            label += f"_TS{knobs.ts_order}"
         if self.scm_compute_bins is not None:
             label += f"_SCM-custom-{self.scm_policy}"
         elif self.scm_preset != "none":

@@ -78,11 +78,11 @@ class EnvReader:
     def read(self, cls: type[T], prefix: str = "", fallback: T | None = None) -> T:
         """A ``cls`` whose :func:`from_env` fields are read; unset ones keep ``fallback``'s values."""
         values = {}
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-            if "env" in f.metadata:
-                default = f.default if fallback is None else getattr(fallback, f.name)
-                meta = f.metadata
-                values[f.name] = self.get(prefix + meta["env"], meta["parse"], default, meta["secret"])
+        for spec in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if "env" in spec.metadata:
+                default = spec.default if fallback is None else getattr(fallback, spec.name)
+                meta = spec.metadata
+                values[spec.name] = self.get(prefix + meta["env"], meta["parse"], default, meta["secret"])
         return cls(**values)
 
     def together(self, names: tuple[str, str], problem: str) -> None:

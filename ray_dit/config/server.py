@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from ray_dit.config.parsers import int_at_least, matching
-from ray_dit.config.reader import EnvReader, as_secret, from_env, parse_items, read_env, secret_from_env
+from ray_dit.config.reader import as_secret, from_env, parse_items, read_env, secret_from_env
 from ray_dit.errors import ConfigError
 
 parse_base_url = matching(r"https?://.+", "an http:// or https:// URL", lambda text: text.rstrip("/"))
@@ -81,13 +81,9 @@ def limits_from_mapping(values: Mapping[str, Any] | None, base: ServeLimits | No
     return dataclasses.replace(base or ServeLimits(), **changes)
 
 
-def read_server(reader: EnvReader) -> ServerSettings:
-    return dataclasses.replace(reader.read(ServerSettings), limits=reader.read(ServeLimits))
-
-
 def server_from_env(
     env: Mapping[str, str] | None = None, limit_overrides: Mapping[str, Any] | None = None
 ) -> ServerSettings:
     """Read the ``RAY_DIT_*`` edge settings, then apply the builder's limit overrides."""
-    settings = read_env(read_server, env)
-    return dataclasses.replace(settings, limits=limits_from_mapping(limit_overrides, settings.limits))
+    settings, limits = read_env(lambda reader: (reader.read(ServerSettings), reader.read(ServeLimits)), env)
+    return dataclasses.replace(settings, limits=limits_from_mapping(limit_overrides, limits))

@@ -15,14 +15,7 @@ from urllib.parse import urlparse
 
 from pydantic import SecretStr
 
-from ray_dit.config.parsers import (
-    int_at_least,
-    int_between,
-    matching,
-    number_above,
-    one_of,
-    parse_bool,
-)
+from ray_dit.config.parsers import int_at_least, int_between, matching, number_above, one_of, parse_bool
 from ray_dit.config.reader import EnvReader, as_secret, from_env, read_env, secret_from_env
 
 URL_MODES = ("presigned", "public")

@@ -1,18 +1,17 @@
 """A prompt-adherence judge that reads pixels, with no learned model to trust or download.
 
 For a shapes-world image it finds the background color (majority of the border's nearest named
-colors), the foreground (the largest connected region far from the background color), the
-foreground's color (majority name over the region's interior) and its kind (the circle, square
-or triangle template, fitted to the region's bounding box, that overlaps it best, if it overlaps
-it well enough: a shapeless blob is no shape). Comparing
-those with the prompt gives three right/wrong answers per image, and a "swap" flag for images
-that painted the prompt's background color on the shape and vice versa.
+colors), the foreground (the largest connected region far from the background color), its color
+(majority name over the region's interior) and its kind (the circle, square or triangle template,
+fitted to the region's bounding box, that overlaps it best, if well enough: a blob is no shape).
+Comparing those with the prompt gives three right/wrong answers per image, and a "swap" flag for
+images that painted the prompt's background color on the shape and vice versa.
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,7 +59,7 @@ def parse_prompt(prompt: str) -> Combo:
     match = _CAPTION_RE.match(prompt)
     if not match:
         raise ValueError(f"prompt={prompt!r}: not of the form 'a <color> <shape> on a <color> background'")
-    fg, shape, bg = (g.lower() for g in match.groups())
+    fg, shape, bg = (word.lower() for word in match.groups())
     if fg not in COLORS or bg not in COLORS or shape not in SHAPES:
         raise ValueError(f"prompt={prompt!r}: unknown color or shape")
     return Combo(fg, shape, bg)
@@ -68,35 +67,24 @@ def parse_prompt(prompt: str) -> Combo:
 
 def _nearest_color(pixels: np.ndarray) -> np.ndarray:
     """Index into COLOR_NAMES of the nearest named color, per pixel ([..., 3] -> [...])."""
-    d = np.linalg.norm(pixels[..., None, :].astype(np.float32) - _PALETTE, axis=-1)
-    return d.argmin(axis=-1)
+    return np.linalg.norm(pixels[..., None, :].astype(np.float32) - _PALETTE, axis=-1).argmin(axis=-1)
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 4-connected region of a boolean mask (plain BFS: images are tiny)."""
-    h, w = mask.shape
-    seen = np.zeros_like(mask, dtype=bool)
-    best: list[tuple[int, int]] = []
-    for y0, x0 in zip(*np.nonzero(mask), strict=True):
-        if seen[y0, x0]:
-            continue
-        region = []
-        queue = deque([(int(y0), int(x0))])
-        seen[y0, x0] = True
-        while queue:
-            y, x = queue.popleft()
-            region.append((y, x))
-            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
-                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
-                    seen[ny, nx] = True
-                    queue.append((ny, nx))
-        if len(region) > len(best):
-            best = region
-    out = np.zeros_like(mask, dtype=bool)
-    if best:
-        ys, xs = zip(*best, strict=True)
-        out[list(ys), list(xs)] = True
-    return out
+    """The largest 4-connected region of a boolean mask; of equal ones, the first in reading order.
+
+    Each pixel of the mask keeps taking the smallest label among itself and its 4 neighbours until
+    none changes, so a region ends up labelled with the index of its first pixel (images are tiny).
+    """
+    outside = mask.size
+    labels = np.where(mask, np.arange(mask.size).reshape(mask.shape), outside)
+    while True:
+        padded = np.pad(labels, 1, constant_values=outside)
+        around = (padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:])
+        spread = np.where(mask, np.minimum.reduce([labels, *around]), outside)
+        if np.array_equal(spread, labels):
+            return labels == np.bincount(labels[mask], minlength=1).argmax()
+        labels = spread
 
 
 def _templates(h: int, w: int) -> dict[str, np.ndarray]:
@@ -111,38 +99,28 @@ def _templates(h: int, w: int) -> dict[str, np.ndarray]:
 def read(image: np.ndarray) -> Reading:
     """Name the background, the foreground color and the shape kind of a uint8 [H, W, 3] image."""
     img = np.asarray(image, dtype=np.float32)[..., :3]
-    h, w, _ = img.shape
-    border = np.concatenate(
-        [
-            img[:BORDER].reshape(-1, 3),
-            img[-BORDER:].reshape(-1, 3),
-            img[:, :BORDER].reshape(-1, 3),
-            img[:, -BORDER:].reshape(-1, 3),
-        ]
-    )
+    edges = (img[:BORDER], img[-BORDER:], img[:, :BORDER], img[:, -BORDER:])
+    border = np.concatenate([edge.reshape(-1, 3) for edge in edges])
     border_labels = _nearest_color(border)
     bg_index = Counter(border_labels.tolist()).most_common(1)[0][0]
     bg_rgb = np.median(border[border_labels == bg_index], axis=0)
     mask = np.linalg.norm(img - bg_rgb, axis=-1) > FG_DISTANCE
     region = _largest_component(mask)
-    area = float(region.sum()) / (h * w)
+    area = float(region.mean())
     bg = COLOR_NAMES[bg_index]
     if area < MIN_AREA_FRACTION:
         return Reading(bg, None, None, area)
     # The interior (all 4 neighbours inside too) avoids the blended pixels along the edge.
-    inner = region.copy()
-    inner[1:] &= region[:-1]
-    inner[:-1] &= region[1:]
-    inner[:, 1:] &= region[:, :-1]
-    inner[:, :-1] &= region[:, 1:]
+    padded = np.pad(region, 1, constant_values=True)
+    inner = region & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
     pixels = img[inner] if inner.sum() >= 4 else img[region]
     fg_index = Counter(_nearest_color(pixels).tolist()).most_common(1)[0][0]
     ys, xs = np.nonzero(region)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
     box = region[y0:y1, x0:x1]
     ious = {
-        name: float((box & t).sum()) / float((box | t).sum())
-        for name, t in _templates(y1 - y0, x1 - x0).items()
+        name: float((box & template).sum()) / float((box | template).sum())
+        for name, template in _templates(y1 - y0, x1 - x0).items()
     }
     shape = max(ious, key=ious.__getitem__)
     named = shape if ious[shape] >= MIN_TEMPLATE_IOU else None
@@ -173,13 +151,13 @@ class Tally:
     all: int = 0
     swapped: int = 0
 
-    def add(self, v: Verdict) -> None:
+    def add(self, verdict: Verdict) -> None:
         self.n += 1
-        self.bg += v.bg_ok
-        self.fg += v.fg_ok
-        self.shape += v.shape_ok
-        self.all += v.all_ok
-        self.swapped += v.swapped
+        self.bg += verdict.bg_ok
+        self.fg += verdict.fg_ok
+        self.shape += verdict.shape_ok
+        self.all += verdict.all_ok
+        self.swapped += verdict.swapped
 
     def rate(self, field: str) -> float:
         return getattr(self, field) / self.n if self.n else 0.0

@@ -120,24 +120,19 @@ def build_wan_tiny(two_experts: bool = False) -> Any:
     )
 
 
-def _image(size: int, steps: int) -> ModelDefaults:
-    return ModelDefaults(width=size, height=size, steps=steps, max_sequence_length=TEXT_LENGTH)
+def _defaults(size: int, steps: int, **video: int) -> ModelDefaults:
+    return ModelDefaults(width=size, height=size, steps=steps, max_sequence_length=TEXT_LENGTH, **video)
 
 
-def _video(size: int, steps: int, frames: int, fps: int) -> ModelDefaults:
-    return ModelDefaults(
-        width=size, height=size, steps=steps, num_frames=frames, fps=fps, max_sequence_length=TEXT_LENGTH
-    )
-
-
+WAN_DEFAULTS = _defaults(64, 8, num_frames=9, fps=8)
 SPECS = (
-    ModelSpec("demo:flux-tiny", build_flux_tiny, _image(128, 8), "FLUX text to image, random weights"),
-    ModelSpec("demo:flux-large", build_flux_large, _image(256, 20), "FLUX, a 17.9M transformer"),
-    ModelSpec("demo:wan-tiny", build_wan_tiny, _video(64, 8, 9, 8), "Wan 2.1 text to video"),
+    ModelSpec("demo:flux-tiny", build_flux_tiny, _defaults(128, 8), "FLUX text to image, random weights"),
+    ModelSpec("demo:flux-large", build_flux_large, _defaults(256, 20), "FLUX, a 17.9M transformer"),
+    ModelSpec("demo:wan-tiny", build_wan_tiny, WAN_DEFAULTS, "Wan 2.1 text to video"),
     ModelSpec(
         "demo:wan22-tiny",
         lambda: build_wan_tiny(two_experts=True),
-        _video(64, 8, 9, 8),
+        WAN_DEFAULTS,
         "Wan 2.2 text to video, two experts",
     ),
 )

@@ -18,8 +18,9 @@ from PIL import Image, ImageDraw
 IMAGE_SIZE = 64
 _SUPERSAMPLE = 4  # drawn 4x larger then box-filtered: anti-aliased edges like a real photo's
 
+RGB = tuple[int, int, int]
 # Well separated in RGB (nearest pair ~85 apart), so a pixel judge can name them after a VAE.
-COLORS: dict[str, tuple[int, int, int]] = {
+COLORS: dict[str, RGB] = {
     "red": (215, 38, 38),
     "orange": (245, 135, 20),
     "yellow": (245, 220, 40),
@@ -49,25 +50,19 @@ class Combo:
 
     @property
     def caption(self) -> str:
-        return caption(self.fg, self.shape, self.bg)
+        return f"{_article(self.fg)} {self.fg} {self.shape} on {_article(self.bg)} {self.bg} background"
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One rendered image and the facts behind it (the judge's ground truth)."""
+    """One rendered image and what it shows (the judge's ground truth)."""
 
     combo: Combo
     image: np.ndarray  # uint8 [H, W, 3]
-    center: tuple[float, float]
-    size: float
 
 
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
-
-
-def caption(fg: str, shape: str, bg: str) -> str:
-    return f"{_article(fg)} {fg} {shape} on {_article(bg)} {bg} background"
 
 
 def partial_captions(combo: Combo) -> tuple[str, str]:
@@ -97,71 +92,50 @@ def held_out_pairs() -> set[tuple[str, str]]:
     and the reversed pair (bg on fg) is always trained, so a model that reads the prompt as a bag
     of colors would swap them.
     """
-    n = len(COLOR_NAMES)
-    return {(COLOR_NAMES[i], COLOR_NAMES[(i + 3) % n]) for i in range(n)}
+    return set(zip(COLOR_NAMES, COLOR_NAMES[3:] + COLOR_NAMES[:3], strict=True))
 
 
 def train_combos() -> list[Combo]:
-    held = held_out_pairs()
-    return [c for c in all_combos() if (c.fg, c.bg) not in held]
+    return [combo for combo in all_combos() if (combo.fg, combo.bg) not in held_out_pairs()]
 
 
 def eval_combos() -> list[Combo]:
-    held = held_out_pairs()
-    return [c for c in all_combos() if (c.fg, c.bg) in held]
+    return [combo for combo in all_combos() if (combo.fg, combo.bg) in held_out_pairs()]
 
 
-def _jitter(rgb: tuple[int, int, int], rng: np.random.Generator) -> tuple[int, int, int]:
+def _jitter(rgb: RGB, rng: np.random.Generator) -> RGB:
     shifted = np.asarray(rgb) + rng.integers(-COLOR_JITTER, COLOR_JITTER + 1, size=3)
-    return tuple(int(v) for v in np.clip(shifted, 0, 255))  # type: ignore[return-value]
+    return tuple(int(channel) for channel in np.clip(shifted, 0, 255))  # type: ignore[return-value]
 
 
-def shape_polygon(shape: str, cx: float, cy: float, size: float) -> list[tuple[float, float]] | None:
-    """The outline of a triangle (apex up) or None for shapes PIL draws natively."""
-    if shape == "triangle":
-        h = size / 2
-        return [(cx, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
-    return None
-
-
-def render(
-    combo: Combo,
-    center: tuple[float, float],
-    size: float,
-    fg_rgb: tuple[int, int, int] | None = None,
-    bg_rgb: tuple[int, int, int] | None = None,
-    image_size: int = IMAGE_SIZE,
-) -> np.ndarray:
+def render(combo: Combo, center: tuple[float, float], size: float, fg_rgb: RGB, bg_rgb: RGB) -> np.ndarray:
     """Draw one shape; ``center``/``size`` are in output pixels."""
-    s = _SUPERSAMPLE
-    big = Image.new("RGB", (image_size * s, image_size * s), bg_rgb or COLORS[combo.bg])
+    scale = _SUPERSAMPLE
+    big = Image.new("RGB", (IMAGE_SIZE * scale, IMAGE_SIZE * scale), bg_rgb)
     draw = ImageDraw.Draw(big)
-    fill = fg_rgb or COLORS[combo.fg]
-    cx, cy, h = center[0] * s, center[1] * s, size * s / 2
+    cx, cy, half = center[0] * scale, center[1] * scale, size * scale / 2
     if combo.shape == "circle":
-        draw.ellipse([cx - h, cy - h, cx + h, cy + h], fill=fill)
+        draw.ellipse([cx - half, cy - half, cx + half, cy + half], fill=fg_rgb)
     elif combo.shape == "square":
-        draw.rectangle([cx - h, cy - h, cx + h, cy + h], fill=fill)
+        draw.rectangle([cx - half, cy - half, cx + half, cy + half], fill=fg_rgb)
     elif combo.shape == "triangle":
-        draw.polygon(shape_polygon("triangle", cx, cy, size * s) or [], fill=fill)
+        draw.polygon([(cx, cy - half), (cx + half, cy + half), (cx - half, cy + half)], fill=fg_rgb)
     else:
         raise ValueError(f"shape={combo.shape!r}: must be one of {', '.join(SHAPES)}")
-    small = big.resize((image_size, image_size), Image.Resampling.BOX)
+    small = big.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)
     return np.asarray(small, dtype=np.uint8)
 
 
-def sample(combo: Combo, rng: np.random.Generator, image_size: int = IMAGE_SIZE) -> Sample:
+def sample(combo: Combo, rng: np.random.Generator) -> Sample:
     """A random placement, size and slight color jitter for ``combo``."""
-    scale = image_size / IMAGE_SIZE
-    size = float(rng.uniform(MIN_SIZE, MAX_SIZE)) * scale
-    jitter = min(CENTER_JITTER * scale, image_size / 2 - MARGIN * scale - size / 2)
+    size = float(rng.uniform(MIN_SIZE, MAX_SIZE))
+    jitter = min(CENTER_JITTER, IMAGE_SIZE / 2 - MARGIN - size / 2)
     center = (
-        image_size / 2 + float(rng.uniform(-jitter, jitter)),
-        image_size / 2 + float(rng.uniform(-jitter, jitter)),
+        IMAGE_SIZE / 2 + float(rng.uniform(-jitter, jitter)),
+        IMAGE_SIZE / 2 + float(rng.uniform(-jitter, jitter)),
     )
     fg_rgb, bg_rgb = _jitter(COLORS[combo.fg], rng), _jitter(COLORS[combo.bg], rng)
-    image = render(combo, center, size, fg_rgb, bg_rgb, image_size)
-    return Sample(combo, image, center, size)
+    return Sample(combo, render(combo, center, size, fg_rgb, bg_rgb))
 
 
 def dataset(n: int, seed: int, combos: list[Combo] | None = None) -> list[Sample]:

@@ -13,44 +13,24 @@ from typing import Any
 import torch
 
 
-def byte_symbols() -> list[str]:
-    """The 256 printable stand-ins that GPT-2/CLIP byte-level BPE uses for raw bytes."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    codes = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            codes.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in codes]
-
-
 def clip_tokenizer(words: Iterable[str] = (), max_length: int = 77) -> Any:
     """Byte-level CLIP BPE; each of ``words`` also gets a merge chain that makes it one token."""
     from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode  # GPT-2's 256 byte stand-ins
 
-    vocab: dict[str, int] = {}
-    for suffix in ("", "</w>"):
-        for symbol in byte_symbols():
-            vocab.setdefault(symbol + suffix, len(vocab))
-    merges: list[tuple[str, str]] = []
+    symbols = list(bytes_to_unicode().values())
+    tokens = [*symbols, *(symbol + "</w>" for symbol in symbols)]
+    vocab = {token: index for index, token in enumerate(tokens)}
+    merges: dict[tuple[str, str], None] = {}  # in order, without repeats
     for word in words:
-        parts = [*word[:-1], word[-1] + "</w>"]
-        current = parts[0]
-        for part in parts[1:]:
-            merged = current + part
-            vocab.setdefault(merged, len(vocab))
-            if (current, part) not in merges:
-                merges.append((current, part))
-            current = merged
+        current, *rest = [*word[:-1], word[-1] + "</w>"]
+        for part in rest:
+            merges[current, part] = None
+            current += part
+            vocab.setdefault(current, len(vocab))
     for special in ("<|startoftext|>", "<|endoftext|>"):
         vocab[special] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+    return CLIPTokenizer(vocab=vocab, merges=list(merges), model_max_length=max_length)
 
 
 def t5_tokenizer(words: Iterable[str] = (), lowercase: bool = False) -> Any:
@@ -58,12 +38,9 @@ def t5_tokenizer(words: Iterable[str] = (), lowercase: bool = False) -> Any:
     from transformers import T5Tokenizer
 
     scores: dict[str, float] = {"<pad>": 0.0, "</s>": 0.0, "<unk>": 0.0, "▁": -2.0}
-    for c in range(32, 127):
-        scores.setdefault(chr(c), -5.0)
-    for c in range(33, 127):
-        scores.setdefault("▁" + chr(c), -4.0)
-    for word in words:
-        scores["▁" + word] = -1.0
+    scores |= {chr(code): -5.0 for code in range(32, 127)}
+    scores |= {"▁" + chr(code): -4.0 for code in range(33, 127)}
+    scores |= {"▁" + word: -1.0 for word in words}
     tok = T5Tokenizer(vocab=list(scores.items()), extra_ids=0)
     if lowercase:
         set_lowercase(tok)
