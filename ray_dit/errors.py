@@ -4,7 +4,7 @@ Each class says what the caller should do, so the HTTP edge maps errors by type 
 text or class name): a :class:`ConfigError` is an operator's mistake, an :class:`InvalidRequest`
 the client's (400, naming ``param``), :class:`RequestCancelled` a caller that went away, and
 :class:`StorageUnavailable` a backend to retry later (503). All of them cross Ray's actor
-boundaries intact: ``__reduce__`` keeps their fields, so a replica's error reaches the ingress
+boundaries intact (``__reduce__`` keeps the fields beyond the message), so a replica's error reaches the ingress
 with the same type and ``param``.
 """
 
@@ -43,12 +43,6 @@ class InvalidRequest(RayDitError, ValueError):
 class RequestCancelled(RayDitError):
     """The caller went away (or deleted its job); the denoise stopped at a step boundary."""
 
-    def __reduce__(self) -> tuple:
-        return (RequestCancelled, tuple(self.args))
-
 
 class StorageUnavailable(RayDitError):
     """Storage could not be reached to read an output back; answer 503 and let the client retry."""
-
-    def __reduce__(self) -> tuple:
-        return (StorageUnavailable, tuple(self.args))

@@ -50,29 +50,22 @@ class ApiError(Exception):
         self,
         status: int,
         message: str,
-        *,
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(status, message, param, code, headers)  # pickles through Ray as is
         self.status = status
         self.message = message
         self.param = param
         self.code = code
         self.headers = dict(headers or {})
 
+    def __str__(self) -> str:
+        return self.message
+
     def body(self) -> dict:
         return error_body(self.status, self.message, self.param, self.code)
-
-    def __reduce__(self) -> tuple:
-        return (_make_api_error, (self.status, self.message, self.param, self.code, self.headers))
-
-
-def _make_api_error(
-    status: int, message: str, param: str | None, code: str | None, headers: dict
-) -> ApiError:
-    return ApiError(status, message, param=param, code=code, headers=headers)
 
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
