@@ -84,7 +84,7 @@ def accelerator_dit(wait_s: float, blocking: bool = False) -> type:
                 started = time.perf_counter()
                 time.sleep(wait_s)  # the CPU thread idles while the accelerator denoises
                 frames = template.frames.copy()  # then the device-to-host copy of the frames
-                timings = {**template.timings, "total_s": time.perf_counter() - started}
+                timings = dataclasses.replace(template.timings, total_s=time.perf_counter() - started)
                 result = dataclasses.replace(
                     template, frames=frames, seed=request.seed, request_id=request.request_id, timings=timings
                 )
