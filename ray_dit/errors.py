@@ -3,7 +3,7 @@
 Each class says what the caller should do, so the HTTP edge maps errors by type (never by message
 text or class name): a :class:`ConfigError` is an operator's mistake, an :class:`InvalidRequest`
 the client's (400, naming ``param``), :class:`RequestCancelled` a caller that went away, and
-:class:`StorageUnavailable` a backend to retry later (503). All of them cross Ray's actor
+:class:`Unavailable` a resource to retry later (503). All of them cross Ray's actor
 boundaries intact (``__reduce__`` keeps the fields beyond the message), so a replica's error reaches the ingress
 with the same type and ``param``.
 """
@@ -44,5 +44,9 @@ class RequestCancelled(RayDitError):
     """The caller went away (or deleted its job); the denoise stopped at a step boundary."""
 
 
-class StorageUnavailable(RayDitError):
-    """Storage could not be reached to read an output back; answer 503 and let the client retry."""
+class Unavailable(RayDitError):
+    """A resource is full or away for now (a backend, the disk): answer 503 with Retry-After."""
+
+
+class StorageUnavailable(Unavailable):
+    """Storage could not be reached to read an output back."""

@@ -161,3 +161,23 @@ def test_dit_cancelled_after_denoise_hands_frames_to_the_sink(monkeypatch):
     replica, stored = _dit(FakeEngine(steps=2, step_s=0.01, decode_s=0.4), monkeypatch)
     _cancel_generate_after(replica, 0.15)  # during the decode: every step is done
     assert len(stored) == 1 and stored[0][1] == "png"
+
+
+def test_an_error_inside_the_pipeline_is_not_blamed_on_the_client(monkeypatch):
+    """diffusers raising ValueError mid-denoise is a server fault (500 with a traceback), not a
+    400: only the engine's own checks (``Engine.resolve``) say the request was wrong."""
+    from ray_dit.serve.errors import to_api_error
+
+    engine = FakeEngine(steps=1, step_s=0.0, decode_s=0.0)
+
+    def broken(request, on_step=None, should_cancel=None):
+        raise ValueError("Expected all tensors to be on the same device")
+
+    engine.generate = broken
+    replica, _ = _dit(engine, monkeypatch)
+    request = GenerationRequest(prompt="x", request_id="img_0123456789abcdef")
+    try:
+        asyncio.run(replica.generate(request))
+    except ValueError as exc:
+        err = to_api_error(exc, request.request_id, retry_after_s=2)
+    assert (err.status, err.code) == (500, "server_error")

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 
 import pytest
 from ray import cloudpickle
-from ray.exceptions import RayTaskError
+from ray.exceptions import ActorDiedError, RayTaskError
 from ray.serve.exceptions import BackPressureError
+from starlette.requests import Request
 from starlette.testclient import TestClient
 
 from ray_dit.errors import InvalidRequest, RequestCancelled, StorageUnavailable
 from ray_dit.serve.errors import ApiError, to_api_error
-from ray_dit.serve.http import configured_api_key
+from ray_dit.serve.http import _unexpected, edge_settings, read_json
 from ray_dit.serve.ingress import app
+from ray_dit.serve.schemas import form_to_dict
+from ray_dit.sink.spool import SpoolError
 
 KEY = "test-key-0123456789"
 
@@ -32,11 +37,11 @@ def _v1_routes() -> list[tuple[str, str]]:
 def client(monkeypatch):
     """The app as a replica serves it: Serve's frozen copy, with the key in the environment."""
     monkeypatch.setenv("RAY_DIT_API_KEY", KEY)
-    configured_api_key.cache_clear()
+    edge_settings.cache_clear()
     served = cloudpickle.loads(cloudpickle.dumps(app))  # what serve.ingress does with the app
     with TestClient(served, raise_server_exceptions=False) as test_client:
         yield test_client
-    configured_api_key.cache_clear()
+    edge_settings.cache_clear()
 
 
 def test_every_v1_route_refuses_a_missing_or_wrong_key(client):
@@ -89,3 +94,73 @@ def test_a_full_queue_is_a_503_and_an_api_error_passes_through():
     )
     mine = ApiError(404, "no such thing", code="not_found")
     assert to_api_error(mine, "r", 2) is mine
+
+
+def _request(body: bytes, content_type: str = "application/json") -> Request:
+    chunks = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict:
+        return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/x", "query_string": b"", "app": app}
+    scope["headers"] = [(b"content-type", content_type.encode())]
+    return Request(scope, receive)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 100_000, b'{"prompt": "x", "cache_dit_params": ' + b"{" * 50_000 + b'"a": 1}'],
+    ids=["brackets", "nested-cache-params"],
+)
+def test_a_body_nested_too_deeply_is_a_400(body):
+    with pytest.raises(ApiError) as err:
+        asyncio.run(read_json(_request(body), limit=1 << 20))
+    assert err.value.status == 400 and err.value.code == "invalid_json"
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [("prompt", "x"), ("prompt[a]", "y")],
+        [("prompt[a]", "y"), ("prompt", "x")],
+        [("size[]", "1"), ("size[a]", "2")],
+        [("size[][a]", "1")],
+    ],
+)
+def test_a_form_field_given_as_value_and_object_is_a_400(items):
+    with pytest.raises(ApiError) as err:
+        form_to_dict(items)
+    assert err.value.status == 400 and err.value.param == items[0][0].split("[")[0]
+
+
+def test_the_sdk_form_shapes_still_parse():
+    items = [("prompt", "a cat"), ("cache_dit_params[scm_compute_bins][]", "8"), ("seconds", "4")]
+    items.append(("cache_dit_params[scm_compute_bins][]", "3"))
+    assert form_to_dict(items) == {
+        "prompt": "a cat",
+        "seconds": "4",
+        "cache_dit_params": {"scm_compute_bins": ["8", "3"]},
+    }
+
+
+def test_a_full_disk_under_the_spool_is_a_503_not_a_500():
+    err = to_api_error(_as_from_a_replica(SpoolError("no space left on device")), "img_0", retry_after_s=2)
+    assert (err.status, err.code, err.headers) == (503, "unavailable", {"Retry-After": "2"})
+
+
+def test_an_unexpected_error_logs_its_traceback_under_the_request_id(caplog):
+    try:
+        raise RuntimeError("a bug")
+    except RuntimeError as exc:
+        err = to_api_error(exc, "img_0123456789abcdef", retry_after_s=2)
+    assert err.status == 500 and "img_0123456789abcdef" in err.message and "a bug" not in err.message
+    [record] = [r for r in caplog.records if "img_0123456789abcdef" in r.getMessage()]
+    assert record.exc_info is not None and "a bug" in caplog.text
+
+
+def test_a_route_that_lost_its_backend_answers_503_through_the_app_handler():
+    """Errors no route translated (the job store's replica died) use the same mapping."""
+    edge_settings.cache_clear()
+    response = asyncio.run(_unexpected(_request(b""), ActorDiedError()))
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert json.loads(response.body)["error"]["code"] == "unavailable"

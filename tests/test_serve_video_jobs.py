@@ -30,7 +30,25 @@ def test_a_job_nobody_reports_on_fails_as_lost_and_can_still_complete():
     assert not store.touch("video_nope")
     late = store.finish("video_quiet", {"status": "completed", "url": "u"})
     assert late["status"] == "completed" and "error" not in late and late["progress"] == 100
-    assert [j["id"] for j in store.list()] == ["video_owned", "video_quiet"]
+    assert [j["id"] for j in store.list()[0]] == ["video_owned", "video_quiet"]
+
+
+def test_pages_cover_every_job_and_say_when_more_follow():
+    """105 jobs in pages of 100: the first page says more follow (it said no, and the SDK's
+    auto-pagination silently stopped at 100)."""
+    store = VideoJobs.func_or_class()
+    ids = [f"video_{i:032x}" for i in range(105)]
+    for job_id in ids:
+        store.create({"id": job_id})
+    first, more = store.list(100)
+    assert len(first) == 100 and more
+    rest, more = store.list(100, after=first[-1]["id"])
+    assert len(rest) == 5 and not more
+    assert [j["id"] for j in first + rest] == ids[::-1]
+    exact, more = store.list(105)
+    assert len(exact) == 105 and not more
+    oldest_first, _ = store.list(3, order="asc")
+    assert [j["id"] for j in oldest_first] == ids[:3]
 
 
 @pytest.fixture(scope="module")

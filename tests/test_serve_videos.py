@@ -135,3 +135,22 @@ def test_handle_returns_video_frames(base_url):
     assert out.kind == "video" and out.frames.shape == (1, 5, 64, 64, 3)
     assert len(out.videos) == 1 and len(out.videos[0]) == 5
     assert out.keys[0].endswith(".mp4") and out.fps
+
+
+def test_the_sdk_pages_through_every_job(base_url):
+    """The openai SDK's auto-pagination over more jobs than one page holds sees each one once."""
+    from openai import BadRequestError, OpenAI
+    from ray import serve
+
+    jobs = serve.get_deployment_handle("VideoJobs", APP)
+    made = [f"video_{i:032x}" for i in range(105)]
+    for job_id in made:
+        jobs.create.remote({"id": job_id, "object": "video", "status": "completed"}).result()
+    client = OpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0)
+    seen = [video.id for video in client.videos.list(limit=100)]
+    assert len(seen) == len(set(seen)) and set(made) <= set(seen)
+    for bad in (0, 101):
+        with pytest.raises(BadRequestError, match="limit"):
+            client.videos.list(limit=bad)
+    for job_id in made:
+        jobs.delete.remote(job_id).result()

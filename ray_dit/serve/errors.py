@@ -18,7 +18,7 @@ from ray.serve.exceptions import (
     RequestCancelledError,
 )
 
-from ray_dit.errors import InvalidRequest, RequestCancelled, StorageUnavailable
+from ray_dit.errors import InvalidRequest, RequestCancelled, Unavailable
 
 logger = logging.getLogger("ray.serve")
 
@@ -35,7 +35,7 @@ ERROR_TYPES = {
 }
 # A backend that is gone or not there yet: the client should retry (503 with Retry-After).
 UNAVAILABLE = (
-    StorageUnavailable,
+    Unavailable,
     DeploymentUnavailableError,
     ReplicaUnavailableError,
     ActorDiedError,
@@ -113,8 +113,9 @@ def to_api_error(exc: BaseException, request_id: str, retry_after_s: int) -> Api
     name = type(cause).__name__
     if isinstance(cause, UNAVAILABLE):
         return busy(f"a backend is unavailable ({name}); retry later", "unavailable", retry_after_s)
-    logger.error("request %s failed: %s: %s", request_id, name, str(cause)[:500])
-    return ApiError(500, f"generation failed ({name}); request id {request_id}", code="server_error")
+    # Not the client's fault and not expected: the traceback goes to the log, under the request id.
+    logger.error("request %s failed: %s", request_id, name, exc_info=cause)
+    return ApiError(500, f"internal error ({name}); request id {request_id}", code="server_error")
 
 
 def as_handle_error(err: ApiError) -> Exception:

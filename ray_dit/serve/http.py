@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import logging
+import uuid
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -20,10 +21,10 @@ from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ray_dit.config import server_from_env
+from ray_dit.config import ServerSettings, server_from_env
 from ray_dit.serve import metrics
 from ray_dit.serve.compat import cache_body
-from ray_dit.serve.errors import ApiError, error_body
+from ray_dit.serve.errors import ApiError, error_body, to_api_error
 
 logger = logging.getLogger("ray.serve")
 
@@ -104,16 +105,22 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 @app.exception_handler(Exception)
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    logger.error("unexpected error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
-    return JSONResponse(error_body(500, "internal server error"), status_code=500)
+    """Whatever a route did not translate (a job store that went away, a bug) goes through the
+    same mapping as a generation's failures: 503 for what is away, else a logged 500."""
+    error_id = f"{request.method} {request.url.path} {uuid.uuid4().hex[:12]}"
+    return _error_response(to_api_error(exc, error_id, edge_settings().retry_after_s))
 
 
 @functools.cache
+def edge_settings() -> ServerSettings:
+    """This process's ``RAY_DIT_*`` edge settings, read once. Not from the ingress object: Serve
+    serves a frozen copy of ``app``, so state set on it after start-up would never be seen (auth
+    would be silently off)."""
+    return server_from_env()
+
+
 def configured_api_key() -> SecretStr | None:
-    """``RAY_DIT_API_KEY`` of this process, read once. Not from the ingress object: Serve serves
-    a frozen copy of ``app``, so state set on it after start-up would never be seen (auth would
-    be silently off)."""
-    return server_from_env().api_key
+    return edge_settings().api_key
 
 
 def require_api_key(request: Request) -> None:
@@ -166,3 +173,5 @@ async def read_json(request: Request, limit: int) -> Any:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"invalid JSON body: {exc}", code="invalid_json") from None
+    except RecursionError:  # deeper than Python's parser goes; no API body nests like this
+        raise ApiError(400, "invalid JSON body: nested too deeply", code="invalid_json") from None

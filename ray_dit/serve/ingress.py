@@ -46,6 +46,7 @@ JOB_ID_RE = re.compile(r"^[A-Za-z0-9-]{1,100}_[0-9a-f]{8,64}$")
 IMAGE_ID_RE = re.compile(r"^(?P<rid>img_[0-9a-f]{8,64})_(?P<index>[0-9]{1,4})$")
 ADMIT_WAIT_S = 0.2  # a video job waits this long for a DiT slot, so a full queue is still a 503
 MODEL_INFO_WAIT_S = 5.0
+MAX_PAGE = 100  # jobs per page of GET /v1/videos (OpenAI's limit)
 
 
 class Ingress:
@@ -208,15 +209,16 @@ class Ingress:
     ) -> JSONResponse:
         if order not in ("asc", "desc"):
             raise invalid("order", f"order={order!r}: must be asc or desc")
-        jobs = await self.jobs.list.remote(limit + 1, after, order)
-        page = jobs[: max(1, min(100, limit))]
+        if not 1 <= limit <= MAX_PAGE:
+            raise invalid("limit", f"limit={limit}: must be between 1 and {MAX_PAGE}")
+        page, has_more = await self.jobs.list.remote(limit, after, order)
         return JSONResponse(
             {
                 "object": "list",
                 "data": page,
                 "first_id": page[0]["id"] if page else None,
                 "last_id": page[-1]["id"] if page else None,
-                "has_more": len(jobs) > len(page),
+                "has_more": has_more,
             }
         )
 

@@ -120,12 +120,15 @@ class VideoJobs:
         self._last_heard.pop(job_id, None)
         return self._jobs.pop(job_id, None)
 
-    def list(self, limit: int = 20, after: str | None = None, order: str = "desc") -> list[dict[str, Any]]:
+    def list(
+        self, limit: int = 20, after: str | None = None, order: str = "desc"
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """One page of at most ``limit`` jobs after ``after``, and whether more follow it."""
         self._expire()
         jobs = list(self._jobs.values())
         if order == "desc":
             jobs.reverse()
         if after is not None:
-            ids = [j["id"] for j in jobs]
+            ids = [job["id"] for job in jobs]
             jobs = jobs[ids.index(after) + 1 :] if after in ids else []
-        return [dict(j) for j in jobs[: max(1, min(100, limit))]]
+        return [dict(job) for job in jobs[:limit]], len(jobs) > limit

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ray_dit.errors import RayDitError
+from ray_dit.errors import Unavailable
 from ray_dit.sink import keys
 from ray_dit.sink.files import fsync_dir, md5_hex, remove_stale, write_atomic
 
@@ -38,8 +38,9 @@ ORPHAN_AGE_S = 60.0  # a data file without a record, older than this, is garbage
 PUT_LOCK_WAIT_S = 120.0
 
 
-class SpoolError(RayDitError):
-    """The spool could not do what was asked (disk full, I/O error, lock not obtained)."""
+class SpoolError(Unavailable):
+    """The spool could not do what was asked (disk full, I/O error, lock not obtained): nothing
+    finished is lost (the frames are still with the sink's caller), and a retry may succeed."""
 
 
 @dataclass(frozen=True)
