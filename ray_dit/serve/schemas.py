@@ -8,6 +8,7 @@ ignored; anything else unknown is refused by name, as OpenAI itself does.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Literal
 
@@ -245,24 +246,34 @@ def video_request(
 
 
 def form_to_dict(items: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A multipart form as the openai SDK flattens it (``a[b]=1``, ``a[]=1``) back into JSON."""
+    """A multipart form as the openai SDK flattens it (``a[b]=1``, ``a[]=1``) back into JSON.
+
+    A field given both as a value and as an object or list (``a=1&a[b]=2``) is a 400 naming it.
+    """
     data: dict[str, Any] = {}
     for key, value in items:
-        if hasattr(value, "filename"):  # an uploaded file: only input_reference is a file field
-            data[key.split("[", 1)[0]] = "<file>"
-            continue
+        name = key.split("[", 1)[0]
         parts = key.replace("]", "").split("[")
+        if hasattr(value, "filename"):  # an uploaded file: only input_reference is a file field
+            parts, value = [name], "<file>"
         node: Any = data
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            nxt_is_list = not last and parts[i + 1] == ""
-            if last:
-                if isinstance(node, list):
-                    node.append(value)
-                else:
-                    node[part] = value
-            elif isinstance(node, dict):
-                node = node.setdefault(part, [] if nxt_is_list else {})
-            else:
-                break
+        for part, following in itertools.pairwise(parts):
+            node = _form_child(node, part, [] if following == "" else {}, name)
+        if isinstance(node, list):
+            node.append(value)
+        elif isinstance(node.get(parts[-1]), dict | list):
+            raise _form_conflict(name)
+        else:
+            node[parts[-1]] = value
     return data
+
+
+def _form_child(node: Any, part: str, empty: dict | list, name: str) -> Any:
+    child = node.setdefault(part, empty) if isinstance(node, dict) else None  # lists hold values
+    if not isinstance(child, type(empty)):
+        raise _form_conflict(name)
+    return child
+
+
+def _form_conflict(name: str) -> ApiError:
+    return invalid(name, f"{name}: a form field given both as a value and as an object or list")
