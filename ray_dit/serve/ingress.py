@@ -30,6 +30,7 @@ from ray_dit.serve.compat import by_reference
 from ray_dit.serve.errors import ApiError, as_handle_error, invalid, to_api_error
 from ray_dit.serve.generation import Generation, start_outside_request
 from ray_dit.serve.http import app, read_body, read_json, v1
+from ray_dit.serve.readiness import Readiness
 from ray_dit.serve.schemas import (
     ImageGenerationBody,
     VideoCreateBody,
@@ -68,6 +69,7 @@ class Ingress:
         self.model_names = {model, self.served_model_name}
         self.settings = server_from_env(limit_overrides=limits)
         self.spool = SpoolWatch(self.sink, self.settings.retry_after_s)
+        self.readiness = Readiness()
         self.created = int(time.time())
         self._info: ModelInfo | None = None
         self._info_task: asyncio.Task | None = None
@@ -264,7 +266,10 @@ class Ingress:
 
     @app.get("/health")
     async def health(self) -> JSONResponse:
-        return JSONResponse({"status": "ok", "model": self.served_model_name})
+        """200 while every deployment runs; 503 naming each one that does not, and why."""
+        problems = await self.readiness.problems()
+        body = {"status": "unavailable" if problems else "ok", "model": self.served_model_name}
+        return JSONResponse({**body, "deployments": problems}, status_code=503 if problems else 200)
 
     # -- notebook --------------------------------------------------------------------------
 
