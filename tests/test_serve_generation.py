@@ -179,5 +179,5 @@ def test_an_error_inside_the_pipeline_is_not_blamed_on_the_client(monkeypatch):
     try:
         asyncio.run(replica.generate(request))
     except ValueError as exc:
-        err = to_api_error(exc, request.request_id, retry_after_s=2)
+        err = to_api_error(exc, request.request_id, lambda queued: 2.0)
     assert (err.status, err.code) == (500, "server_error")

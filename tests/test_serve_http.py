@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.testclient import TestClient
 
 from ray_dit.errors import InvalidRequest, RequestCancelled, StorageUnavailable
+from ray_dit.serve.admission import Backlog
 from ray_dit.serve.errors import ApiError, to_api_error
 from ray_dit.serve.http import _unexpected, edge_settings, read_json
 from ray_dit.serve.ingress import app
@@ -63,6 +64,10 @@ def test_the_right_key_passes_the_check(client):
     assert resp.status_code != 401
 
 
+def _wait(queued: int | None) -> float:
+    return 2.0
+
+
 def _as_from_a_replica(exc: Exception) -> Exception:
     """What Ray raises in the caller when a replica raised ``exc``."""
     return RayTaskError("generate", "traceback", exc).as_instanceof_cause()
@@ -80,20 +85,20 @@ def _as_from_a_replica(exc: Exception) -> Exception:
 )
 def test_errors_map_by_type_even_through_ray(raised, status, code, param):
     for exc in (raised, _as_from_a_replica(raised)):
-        err = to_api_error(exc, "img_0123456789abcdef", retry_after_s=3)
+        err = to_api_error(exc, "img_0123456789abcdef", lambda queued: 3.0)
         assert (err.status, err.code, err.param) == (status, code, param)
         assert "traceback" not in err.message
         if status == 503:
-            assert err.headers == {"Retry-After": "3"}
+            assert err.headers == {"Retry-After": "3", "retry-after-ms": "3000"}
 
 
 def test_a_full_queue_is_a_503_and_an_api_error_passes_through():
     assert (
-        to_api_error(BackPressureError(num_queued_requests=8, max_queued_requests=8), "r", 2).code
+        to_api_error(BackPressureError(num_queued_requests=8, max_queued_requests=8), "r", _wait).code
         == "queue_full"
     )
     mine = ApiError(404, "no such thing", code="not_found")
-    assert to_api_error(mine, "r", 2) is mine
+    assert to_api_error(mine, "r", _wait) is mine
 
 
 def _request(body: bytes, content_type: str = "application/json") -> Request:
@@ -144,15 +149,15 @@ def test_the_sdk_form_shapes_still_parse():
 
 
 def test_a_full_disk_under_the_spool_is_a_503_not_a_500():
-    err = to_api_error(_as_from_a_replica(SpoolError("no space left on device")), "img_0", retry_after_s=2)
-    assert (err.status, err.code, err.headers) == (503, "unavailable", {"Retry-After": "2"})
+    err = to_api_error(_as_from_a_replica(SpoolError("no space left on device")), "img_0", _wait)
+    assert (err.status, err.code, err.headers["Retry-After"]) == (503, "unavailable", "2")
 
 
 def test_an_unexpected_error_logs_its_traceback_under_the_request_id(caplog):
     try:
         raise RuntimeError("a bug")
     except RuntimeError as exc:
-        err = to_api_error(exc, "img_0123456789abcdef", retry_after_s=2)
+        err = to_api_error(exc, "img_0123456789abcdef", _wait)
     assert err.status == 500 and "img_0123456789abcdef" in err.message and "a bug" not in err.message
     [record] = [r for r in caplog.records if "img_0123456789abcdef" in r.getMessage()]
     assert record.exc_info is not None and "a bug" in caplog.text
@@ -164,3 +169,21 @@ def test_a_route_that_lost_its_backend_answers_503_through_the_app_handler():
     response = asyncio.run(_unexpected(_request(b""), ActorDiedError()))
     assert response.status_code == 503 and response.headers["Retry-After"]
     assert json.loads(response.body)["error"]["code"] == "unavailable"
+
+
+def test_retry_after_spreads_a_burst_over_the_backlog():
+    """A refused client is told the queue's drain time, with jitter: a burst's clients come back
+    spread out, not in the same instant (they all came back after 2 s and failed again)."""
+    backlog = Backlog(floor_s=2, dit_replicas=2)
+    assert 2 <= backlog.retry_after_s(8) < 4  # nothing measured yet: the floor, with jitter
+    for seconds in (0.5, 0.5, 0.5):
+        backlog.observe(seconds)
+    waits = [backlog.retry_after_s(8) for _ in range(200)]
+    drain = 9 * 0.5 / 2  # the 8 queued and the refused one, on two replicas
+    assert all(drain <= wait < 2 * drain for wait in waits)
+    assert max(waits) - min(waits) > drain / 2, "no jitter"
+    err = to_api_error(
+        BackPressureError(num_queued_requests=8, max_queued_requests=8), "r", backlog.retry_after_s
+    )
+    assert drain * 1000 <= int(err.headers["retry-after-ms"]) < 2 * drain * 1000
+    assert 2 <= backlog.retry_after_s(None) < 4, "a full spool is not a queue: the floor"

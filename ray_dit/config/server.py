@@ -48,7 +48,7 @@ class ServerSettings:
     limits: ServeLimits = field(default_factory=ServeLimits)
     """Per-request limits: environment, then the builder's ``args.limits``."""
     retry_after_s: int = from_env("RAY_DIT_RETRY_AFTER_S", int_at_least(1), 2)
-    """``Retry-After`` on a 503: a full queue frees a slot within about one request's time."""
+    """Base of ``Retry-After`` until a request was measured, and for 503s that are not a queue."""
     public_base_url: str | None = from_env("RAY_DIT_PUBLIC_BASE_URL", parse_base_url, None)
     """Base of the ``/content`` URLs the API returns; unset = the request's own (set it behind a proxy)."""
     job_stale_s: int = from_env("RAY_DIT_VIDEO_JOB_STALE_S", int_at_least(1), 120)

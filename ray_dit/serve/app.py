@@ -132,8 +132,10 @@ def compose(cfg: AppArgs, *, dit_class: type | None = None) -> Application:
         **({"func_or_class": dit_class} if dit_class is not None else {}),
         **replicas("dit_replicas"),
     ).bind(cfg.model, cfg.device, cfg.dtype, jobs, sink)
+    # The DiT replica count sizes Retry-After; under autoscaling it is unknown, and 1 errs long.
+    dit_replicas = cfg.dit_replicas if "dit_replicas" in given else 1
     return Ingress.options(**replicas("ingress_replicas")).bind(
-        dit, sink, jobs, cfg.model, cfg.served_model_name, cfg.limits or None
+        dit, sink, jobs, cfg.model, cfg.served_model_name, cfg.limits or None, dit_replicas
     )
 
 

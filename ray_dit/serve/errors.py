@@ -9,6 +9,8 @@ maps by exception type (``ray_dit.errors`` and Ray's own), never by message text
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Callable
 
 from ray.exceptions import ActorDiedError, ActorUnavailableError
 from ray.serve.exceptions import (
@@ -33,6 +35,8 @@ ERROR_TYPES = {
     503: "service_unavailable",
     500: "server_error",
 }
+#: Seconds a refused client should wait, given the queue ahead of it (None: not a queue).
+RetryAfter = Callable[[int | None], float]
 # A backend that is gone or not there yet: the client should retry (503 with Retry-After).
 UNAVAILABLE = (
     Unavailable,
@@ -84,9 +88,14 @@ def invalid(param: str | None, message: str) -> ApiError:
     return ApiError(400, message, param=param, code="invalid_value")
 
 
-def busy(message: str, code: str, retry_after_s: int) -> ApiError:
-    """A 503 with Retry-After: the server is full or a backend is away, not broken."""
-    return ApiError(503, message, code=code, headers={"Retry-After": str(retry_after_s)})
+def busy(message: str, code: str, retry_after_s: float) -> ApiError:
+    """A 503 with Retry-After: the server is full or a backend is away, not broken. The openai
+    SDKs read ``retry-after-ms`` first (sub-second precision), others the standard header."""
+    headers = {
+        "Retry-After": str(math.ceil(retry_after_s)),
+        "retry-after-ms": str(round(retry_after_s * 1000)),
+    }
+    return ApiError(503, message, code=code, headers=headers)
 
 
 def root_cause(exc: BaseException) -> BaseException:
@@ -99,20 +108,23 @@ def root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def to_api_error(exc: BaseException, request_id: str, retry_after_s: int) -> ApiError:
-    """Any failure of a generation as an ApiError: 4xx for the caller's mistakes, 503 when busy."""
+def to_api_error(exc: BaseException, request_id: str, retry_after: RetryAfter) -> ApiError:
+    """Any failure of a generation as an ApiError: 4xx for the caller's mistakes, 503 when busy
+    (``retry_after(queued)`` says for how long: the queue's length when it is a full queue)."""
     cause = root_cause(exc)
     if isinstance(cause, ApiError):
         return cause
     if isinstance(exc, BackPressureError) or isinstance(cause, BackPressureError):
-        return busy("the server is at capacity (queue full); retry later", "queue_full", retry_after_s)
+        full = exc if isinstance(exc, BackPressureError) else cause
+        queued = full.args[0] if full.args and isinstance(full.args[0], int) else None
+        return busy("the server is at capacity (queue full); retry later", "queue_full", retry_after(queued))
     if isinstance(cause, InvalidRequest):
         return invalid(cause.param, cause.message)
     if isinstance(cause, RequestCancelled | RequestCancelledError):
         return ApiError(499, "the request was cancelled", code="cancelled")
     name = type(cause).__name__
     if isinstance(cause, UNAVAILABLE):
-        return busy(f"a backend is unavailable ({name}); retry later", "unavailable", retry_after_s)
+        return busy(f"a backend is unavailable ({name}); retry later", "unavailable", retry_after(None))
     # Not the client's fault and not expected: the traceback goes to the log, under the request id.
     logger.error("request %s failed: %s", request_id, name, exc_info=cause)
     return ApiError(500, f"internal error ({name}); request id {request_id}", code="server_error")

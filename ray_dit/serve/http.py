@@ -108,7 +108,8 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     """Whatever a route did not translate (a job store that went away, a bug) goes through the
     same mapping as a generation's failures: 503 for what is away, else a logged 500."""
     error_id = f"{request.method} {request.url.path} {uuid.uuid4().hex[:12]}"
-    return _error_response(to_api_error(exc, error_id, edge_settings().retry_after_s))
+    floor_s = float(edge_settings().retry_after_s)
+    return _error_response(to_api_error(exc, error_id, lambda queued: floor_s))
 
 
 @functools.cache

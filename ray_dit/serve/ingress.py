@@ -25,7 +25,7 @@ from ray.serve.handle import DeploymentHandle
 from ray_dit.api import GenerationRequest
 from ray_dit.config import server_from_env
 from ray_dit.serve import job_runner, responses
-from ray_dit.serve.admission import SpoolWatch
+from ray_dit.serve.admission import Backlog, SpoolWatch
 from ray_dit.serve.compat import by_reference
 from ray_dit.serve.errors import ApiError, as_handle_error, invalid, to_api_error
 from ray_dit.serve.generation import Generation, start_outside_request
@@ -61,6 +61,7 @@ class Ingress:
         model: str,
         served_model_name: str | None = None,
         limits: dict[str, int] | None = None,
+        dit_replicas: int = 1,
     ) -> None:
         self.dit = by_reference(dit)
         self.sink = by_reference(sink)
@@ -68,7 +69,8 @@ class Ingress:
         self.served_model_name = served_model_name or model
         self.model_names = {model, self.served_model_name}
         self.settings = server_from_env(limit_overrides=limits)
-        self.spool = SpoolWatch(self.sink, self.settings.retry_after_s)
+        self.backlog = Backlog(self.settings.retry_after_s, dit_replicas)
+        self.spool = SpoolWatch(self.sink, self.backlog.retry_after_s)
         self.readiness = Readiness()
         self.created = int(time.time())
         self._info: ModelInfo | None = None
@@ -109,11 +111,13 @@ class Ingress:
     async def _run(self, generation: Generation) -> StoreReply:
         generation.start()
         try:
-            return await generation.wait()
+            reply = await generation.wait()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            raise to_api_error(exc, generation.request.request_id, self.settings.retry_after_s) from None
+            raise to_api_error(exc, generation.request.request_id, self.backlog.retry_after_s) from None
+        self.backlog.observe(reply.meta.timings.replica_s)
+        return reply
 
     def _base_url(self, request: Request) -> str:
         return self.settings.public_base_url or str(request.base_url).rstrip("/")
@@ -148,7 +152,7 @@ class Ingress:
         try:
             found = await self.sink.content.remote(request_id, index, key)
         except Exception as exc:
-            raise to_api_error(exc, request_id, self.settings.retry_after_s) from None
+            raise to_api_error(exc, request_id, self.backlog.retry_after_s) from None
         if found is None:
             if fallback_url:  # stored in S3 by a sink on another node: send the client there
                 return RedirectResponse(fallback_url, status_code=307)
@@ -185,9 +189,9 @@ class Ingress:
         refused = await generation.admitted(ADMIT_WAIT_S)
         if refused is not None:  # a full queue, or input only the engine could refuse
             await self.jobs.delete.remote(job_id)
-            raise to_api_error(refused, job_id, self.settings.retry_after_s)
+            raise to_api_error(refused, job_id, self.backlog.retry_after_s)
         run = job_runner.run_to_end(
-            generation, self.jobs, job_id, self.settings.job_heartbeat_s, self.settings.retry_after_s
+            generation, self.jobs, job_id, self.settings.job_heartbeat_s, self.backlog
         )
         task = start_outside_request(run)
         self._running_jobs.add(task)

@@ -15,6 +15,7 @@ from typing import Any
 from ray.serve.handle import DeploymentHandle
 
 from ray_dit.api import GenerationRequest
+from ray_dit.serve.admission import Backlog
 from ray_dit.serve.errors import to_api_error
 from ray_dit.serve.generation import Generation
 from ray_dit.serve.responses import final_timings
@@ -49,7 +50,7 @@ def job_record(
 
 
 async def run_to_end(
-    generation: Generation, jobs: DeploymentHandle, job_id: str, heartbeat_s: float, retry_after_s: int
+    generation: Generation, jobs: DeploymentHandle, job_id: str, heartbeat_s: float, backlog: Backlog
 ) -> None:
     """Wait for the job's generation while telling the store it is alive, then record the end."""
     assert generation.task is not None
@@ -58,10 +59,11 @@ async def run_to_end(
         await _keep_alive(generation.task, jobs, job_id, heartbeat_s)
         reply: StoreReply = await generation.task
     except BaseException as exc:
-        err = to_api_error(exc, job_id, retry_after_s) if isinstance(exc, Exception) else None
+        err = to_api_error(exc, job_id, backlog.retry_after_s) if isinstance(exc, Exception) else None
         error = {"code": err.code or "failed", "message": err.message} if err else None
         fields = {"status": "failed", "error": error or {"code": "cancelled", "message": "cancelled"}}
     else:
+        backlog.observe(reply.meta.timings.replica_s)
         out = reply.outputs[0] if reply.outputs else None
         fields = {
             "status": "completed",
