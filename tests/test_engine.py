@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ray_dit.api import GenerationRequest
-from ray_dit.config import CacheDitSettings, DBCacheKnobs, parse_overrides
+from ray_dit.config import CacheDitSettings, ConfigError, DBCacheKnobs, cache_dit_from_env, parse_overrides
 from ray_dit.engine import Engine, EngineOptions
 from ray_dit.engine.cache_dit_compat import remembered_configs
 from ray_dit.engine.registry import lookup
@@ -402,3 +402,122 @@ def test_cache_dit_internals_are_where_compat_expects():
     assert remembered, "cache-dit no longer keeps per-context init kwargs where compat reads them"
     for kwargs in remembered:
         assert {"cache_config", "calibrator_config"} <= set(kwargs)
+
+
+# -- values beyond the request: bounded, with the same decisions (issue 14, item 2) ----------
+
+STATIC_BINS = {"scm_policy": "static", "max_continuous_cached_steps": -1}
+BEYOND_THE_STEPS = [  # (what a client sent, the same with every step count cut to 8 steps)
+    ({"max_warmup_steps": 3_000_000}, {"max_warmup_steps": 8}),
+    ({"max_warmup_steps": 10**30}, {"max_warmup_steps": 8}),
+    ({"scm_compute_bins": [2**40], "scm_cache_bins": [1]}, {"scm_compute_bins": [8], "scm_cache_bins": [1]}),
+    ({"scm_compute_bins": [10**30], "scm_cache_bins": [1]}, {"scm_compute_bins": [8], "scm_cache_bins": [1]}),
+    ({"scm_compute_bins": [2], "scm_cache_bins": [10**30]}, {"scm_compute_bins": [2], "scm_cache_bins": [6]}),
+    ({"max_continuous_cached_steps": 10**30}, {"max_continuous_cached_steps": -1}),
+]
+
+
+def assert_cache_dit_sees_at_most(engine: Engine, steps: int) -> None:
+    """What cache-dit was given for the last request: no step count or mask beyond ``steps``."""
+    for kwargs in remembered_configs(engine.pipe.transformer):
+        config = kwargs["cache_config"]
+        assert config.num_inference_steps == steps
+        assert config.max_warmup_steps <= steps and config.max_continuous_cached_steps <= steps
+        assert config.steps_computation_mask is None or len(config.steps_computation_mask) == steps
+
+
+@pytest.mark.parametrize(("sent", "cut"), BEYOND_THE_STEPS, ids=lambda p: str(p)[:40])
+def test_request_step_counts_beyond_the_steps_decide_the_same_and_stay_bounded(flux, sent, cut):
+    def run(params: dict) -> object:
+        cache = parse_overrides(True, {**CACHING_PARAMS, **STATIC_BINS, **params})
+        return flux.generate(GenerationRequest(prompt="p", seed=0, width=32, height=32, cache=cache))
+
+    want = run(cut)
+    got = run(sent)  # no MemoryError, OverflowError or stall: cut before cache-dit sees it
+    assert_cache_dit_sees_at_most(flux, 8)
+    assert got.cache.cached_step_indices == want.cache.cached_step_indices
+    np.testing.assert_array_equal(got.frames, want.frames)
+
+
+def test_environment_warmup_beyond_the_steps_is_bounded():
+    base = {"SGLANG_CACHE_DIT_ENABLED": "true", "SGLANG_CACHE_DIT_RDT": "0.9"}
+    huge = fresh_engine(settings=cache_dit_from_env({**base, "SGLANG_CACHE_DIT_WARMUP": "100000000"}))
+    cut = fresh_engine(settings=cache_dit_from_env({**base, "SGLANG_CACHE_DIT_WARMUP": "8"}))
+    request = GenerationRequest(prompt="a red circle", seed=0, width=32, height=32)
+    got, want = huge.generate(request), cut.generate(request)
+    assert_cache_dit_sees_at_most(huge, 8)
+    assert got.cache.cached_step_indices == want.cache.cached_step_indices == []
+    np.testing.assert_array_equal(got.frames, want.frames)
+
+
+# -- Fn + Bn against the model's blocks (issue 14, item 3) -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "env", "fragments"),
+    [
+        ("demo:shapes", {"SGLANG_CACHE_DIT_FN": "7"}, ["SGLANG_CACHE_DIT_FN=7", "at most 6"]),
+        ("demo:shapes", {"SGLANG_CACHE_DIT_BN": "6"}, ["SGLANG_CACHE_DIT_BN=6", "at most 6"]),
+        (
+            "demo:flux-tiny",
+            {"SGLANG_CACHE_DIT_FN": "3", "SGLANG_CACHE_DIT_BN": "2"},
+            ["FN=3", "BN=2", "at most 4"],
+        ),
+        (
+            "demo:wan22-tiny",
+            {"SGLANG_CACHE_DIT_SECONDARY_BN": "2"},
+            ["SGLANG_CACHE_DIT_SECONDARY_BN=2", "at most 2", "transformer_2"],
+        ),
+    ],
+)
+def test_fn_and_bn_beyond_the_blocks_refuse_the_start(model, env, fragments):
+    """cache-dit would accept them at mount and fail every cached request (or, with Fn + Bn above
+    the blocks, run some blocks twice): the engine refuses when the model is loaded."""
+    with pytest.raises(ConfigError) as err:
+        fresh_engine(model, cache_dit_from_env(env))
+    assert len(err.value.problems) == 1
+    for fragment in fragments:
+        assert fragment in str(err.value)
+    assert "Traceback" not in str(err.value)
+
+
+def test_fn_and_bn_that_fill_the_blocks_run_every_block_once():
+    # 1 + 5 = the 6 blocks of demo:shapes: allowed, and with warmup over every step exactly uncached.
+    engine = fresh_engine("demo:shapes", cache_dit_from_env({"SGLANG_CACHE_DIT_BN": "5"}))
+    request = GenerationRequest(prompt="a red circle", seed=0, num_inference_steps=4, width=32, height=32)
+    cached = engine.generate(request.replace(cache=parse_overrides(True, {"max_warmup_steps": 4})))
+    np.testing.assert_array_equal(cached.frames, engine.generate(request).frames)
+
+
+@pytest.mark.parametrize(
+    ("model", "params", "fragments"),
+    [
+        ("demo:flux-tiny", {"Fn_compute_blocks": 5}, ["cache_dit_params.Fn_compute_blocks=5", "at most 4"]),
+        ("demo:flux-tiny", {"Fn_compute_blocks": 10**30}, ["Fn_compute_blocks=" + str(10**30), "at most 4"]),
+        (
+            "demo:flux-tiny",
+            {"Fn_compute_blocks": 2, "Bn_compute_blocks": 3},
+            ["Bn_compute_blocks=3", "at most 4"],
+        ),
+        (
+            "demo:wan22-tiny",
+            {"secondary": {"Bn_compute_blocks": 2}},
+            ["cache_dit_params.secondary.Bn_compute_blocks=2", "at most 2", "transformer_2"],
+        ),
+    ],
+)
+@pytest.mark.parametrize("enabled", [True, False])
+def test_request_fn_and_bn_beyond_the_blocks_are_the_clients_error(model, params, fragments, enabled):
+    """Checked in ``resolve`` (which the DiT replica calls before queueing: a 400), even with
+    caching off, since a mounted pipeline runs cache-dit's checks on every request."""
+    engine = fresh_engine(model, CACHING)
+    engine.generate(GenerationRequest(prompt="p", seed=0, num_inference_steps=4))  # mounted
+    request = GenerationRequest(prompt="p", num_inference_steps=4, cache=parse_overrides(enabled, params))
+    for call in (engine.resolve, engine.generate):
+        with pytest.raises(InvalidRequest) as err:
+            call(request)
+        assert err.value.param == "cache_dit_params"
+        for fragment in fragments:
+            assert fragment in err.value.message
+    fits = parse_overrides(enabled, {"Fn_compute_blocks": 1, "Bn_compute_blocks": 1})
+    assert engine.generate(request.replace(cache=fits)).steps == 4

@@ -61,3 +61,48 @@ def test_scm_off_gives_no_mask_and_bad_steps_are_refused():
     assert steps_mask(CacheDitSettings(enabled=True), 28) is None
     with pytest.raises(ValueError, match="num_inference_steps=0"):
         steps_mask(CacheDitSettings(enabled=True, scm_preset="fast"), 0)
+
+
+def _as_text(mask: list[int]) -> str:
+    return "".join(map(str, mask))
+
+
+@pytest.mark.parametrize(("compute", "cache"), [((8, 3, 3), (1, 2)), ((2,), (1, 3)), ((4, 2), (1, 3))])
+def test_custom_bins_of_any_lengths_repeat_their_period(compute, cache):
+    """The period is cache-dit's own mask of the bins (compute[0], cache[0], compute[1], ...; the
+    longer list's extra bins in order); a longer request repeats it from its first step."""
+    period = cache_dit.steps_mask(list(compute), list(cache))
+    assert len(period) == sum(compute) + sum(cache)
+    settings = CacheDitSettings(enabled=True, scm_compute_bins=compute, scm_cache_bins=cache)
+    for steps in range(1, 61):
+        assert steps_mask(settings, steps) == (period * 61)[:steps], steps
+
+
+def test_the_issue_example_of_bins_of_different_lengths():
+    settings = CacheDitSettings(enabled=True, scm_compute_bins=(8, 3, 3), scm_cache_bins=(1, 2))
+    assert _as_text(steps_mask(settings, 17)) == "11111111011100111"  # cache-dit's own
+    assert _as_text(steps_mask(settings, 18)) == "111111110111001111"
+
+
+@pytest.mark.parametrize(
+    ("compute", "cache"),
+    [((2**40,), (1,)), ((10**30,), (1,)), ((1,), (10**30,)), ((3, 10**30), (2**40, 5))],
+)
+def test_huge_bins_are_cut_to_the_steps_before_cache_dit_sees_them(monkeypatch, compute, cache):
+    """cache-dit builds a list as long as the bins' sum (MemoryError, OverflowError); steps beyond
+    the request's change nothing, so each bin cut to the step count gives the same mask."""
+    import ray_dit.engine.scm as scm
+
+    seen: list[dict] = []
+
+    def spy(**kwargs: object) -> list[int]:
+        seen.append(kwargs)
+        return list(cache_dit.steps_mask(**kwargs))
+
+    monkeypatch.setattr(scm, "_cache_dit_steps_mask", spy)
+    settings = CacheDitSettings(enabled=True, scm_compute_bins=compute, scm_cache_bins=cache)
+    for steps in (1, 8, 28):
+        cut = [min(b, steps) for b in compute], [min(b, steps) for b in cache]
+        assert steps_mask(settings, steps) == cache_dit.steps_mask(*cut, total_steps=steps)
+        given = seen[-1]
+        assert sum(given["compute_bins"]) + sum(given["cache_bins"]) == steps

@@ -44,12 +44,14 @@ _MC_PARSER = int_at_least(-1, "an integer >= -1 (-1 = unlimited)")
 class DBCacheKnobs:
     """cache-dit's DBCache knobs for one transformer; every default is SGLang's."""
 
-    fn: int = from_env("FN", int_at_least(0), 1, request_key="Fn_compute_blocks")
-    """First N blocks always computed: their residual is what decides whether a step is cached."""
+    fn: int = from_env("FN", int_at_least(1), 1, request_key="Fn_compute_blocks")
+    """First N blocks always computed: their residual is what decides whether a step is cached, so
+    cache-dit needs at least one. Fn + Bn must fit the model's blocks (checked by the engine)."""
     bn: int = from_env("BN", int_at_least(0), 0, request_key="Bn_compute_blocks")
     """Last N blocks always computed, correcting the cached approximation (0: pure reuse)."""
     warmup: int = from_env("WARMUP", int_at_least(0), 4, request_key="max_warmup_steps")
-    """Steps always computed before caching may start: early steps change the image most."""
+    """Steps always computed before caching may start: early steps change the image most. Any
+    integer, as in SGLang: the engine bounds it by the request's steps, where it decides nothing more."""
     rdt: float = from_env("RDT", number_above(0), 0.24, request_key="residual_diff_threshold")
     """A step is cached when the first blocks' residual changed (relative L1) by less than this."""
     mc: int = from_env("MC", _MC_PARSER, 3, request_key="max_continuous_cached_steps")
@@ -62,6 +64,12 @@ class DBCacheKnobs:
 
 KNOB_FIELDS = {f.metadata["request_key"]: f for f in dataclasses.fields(DBCacheKnobs)}
 """Request key (SGLang's ``cache_dit_params`` names) -> the knob's field."""
+
+
+def knob_variable(expert: int, name: str) -> str:
+    """The variable behind knob ``name`` (a ``DBCacheKnobs`` field) of expert 0 or 1, for errors."""
+    spec = next(f for f in KNOB_FIELDS.values() if f.name == name)
+    return (CACHE_PREFIX if expert == 0 else SECONDARY_PREFIX) + spec.metadata["env"]
 
 
 @dataclass(frozen=True)

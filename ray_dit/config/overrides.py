@@ -40,6 +40,16 @@ class CacheOverrides:
     scm: Mapping[str, str | tuple[int, ...]] = field(default_factory=dict)
     """SCM changes (``CacheDitSettings`` field -> value); bins come in pairs."""
 
+    def knob_key(self, expert: int, name: str) -> str | None:
+        """How the request named knob ``name`` of expert 0 or 1 (for errors), None if it did not set it.
+
+        The second expert takes ``secondary`` first, then the primary changes, as ``with_overrides``.
+        """
+        key = next(k for k, f in KNOB_FIELDS.items() if f.name == name)
+        if expert == 1 and name in self.secondary:
+            return f"cache_dit_params.secondary.{key}"
+        return f"cache_dit_params.{key}" if name in self.primary else None
+
 
 def parse_overrides(
     enable_cache_dit: bool | str | None, cache_dit_params: Mapping[str, Any] | None

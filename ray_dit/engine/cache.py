@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,16 @@ def _block_lists(transformer: torch.nn.Module) -> list[torch.nn.ModuleList]:
     ]
 
 
+def block_count(transformer: torch.nn.Module) -> int:
+    """Blocks in the chain cache-dit caches: it joins a transformer's block lists (FLUX: double and
+    single blocks) into one, and Fn/Bn count along that chain."""
+    return sum(len(m) for m in _block_lists(transformer))
+
+
+KnobName = Callable[[int, str], str | None]
+"""(expert 0 or 1, ``DBCacheKnobs`` field) -> the name its source gave it, None if it did not set it."""
+
+
 @dataclass(frozen=True)
 class RequestPlan:
     """How one request runs through the cache, decided before the pipeline is called."""
@@ -55,7 +65,27 @@ class CacheDitController:
         self.transformers: list[torch.nn.Module] = [pipe.transformer]
         if getattr(pipe, "transformer_2", None) is not None:
             self.transformers.append(pipe.transformer_2)
+        self.block_counts = tuple(block_count(t) for t in self.transformers)
         self.mounted = False
+
+    def block_problems(self, settings: CacheDitSettings, name: KnobName) -> list[str]:
+        """Fn + Bn beyond a transformer's blocks, one sentence per expert, naming what ``name`` names.
+
+        cache-dit asserts Fn and Bn each fit only when a request runs (every later request then
+        fails), and with Fn + Bn above the count it runs some blocks twice: wrong images, no error.
+        A model whose block lists are not found (count 0) is left to cache-dit.
+        """
+        problems = []
+        for index, blocks in enumerate(self.block_counts):
+            knobs = settings.primary if index == 0 else settings.secondary
+            named = [f"{name(index, k)}={getattr(knobs, k)}" for k in ("fn", "bn") if name(index, k)]
+            if blocks and knobs.fn + knobs.bn > blocks and named:
+                where = "transformer" if index == 0 else "transformer_2"
+                problems.append(
+                    f"{', '.join(named)}: first + last computed blocks (Fn + Bn = {knobs.fn} + {knobs.bn}) "
+                    f"must be at most {blocks}, the number of blocks of this model's {where}"
+                )
+        return problems
 
     # -- planning -------------------------------------------------------------------------
 
@@ -85,16 +115,19 @@ class CacheDitController:
         knobs: DBCacheKnobs = plan.settings.primary if index == 0 else plan.settings.secondary
         mask = plan.masks[index]
         enabled = plan.settings.enabled
+        steps = max(plan.expert_steps[index], 1)
+        # Step counts bounded by the steps cache-dit will see: beyond them they decide nothing, and
+        # cache-dit lists the warmup steps on every step (3,000,000 took seconds, 10**30 overflowed).
         cache_config = DBCacheConfig(
             Fn_compute_blocks=knobs.fn,
             Bn_compute_blocks=knobs.bn,
-            max_warmup_steps=knobs.warmup,
+            max_warmup_steps=min(knobs.warmup, steps),
             warmup_interval=1,
             residual_diff_threshold=knobs.rdt,
-            max_continuous_cached_steps=knobs.mc,
+            max_continuous_cached_steps=min(knobs.mc, steps),  # -1 (unlimited) stays -1
             max_cached_steps=-1 if enabled else 0,
             enable_separate_cfg=plan.separate_cfg,
-            num_inference_steps=max(plan.expert_steps[index], 1),
+            num_inference_steps=steps,
             steps_computation_mask=mask if enabled else None,
             steps_computation_policy=plan.settings.scm_policy,
         )
@@ -206,10 +239,7 @@ def _expert_stats(
         cfg_cached.update(int(s) for s in (entry.cfg_cached_steps or []))
         diffs.update({int(k): float(v) for k, v in (entry.residual_diffs or {}).items()})
         cfg_diffs.update({int(k): float(v) for k, v in (entry.cfg_residual_diffs or {}).items()})
-    lists = _block_lists(transformer)
-    total_blocks = sum(len(m) for m in lists)
-    # cache-dit joins all block lists of a transformer (FLUX: double + single) into one chain,
-    # so Fn/Bn apply once to the whole chain.
+    total_blocks = block_count(transformer)  # Fn/Bn apply once to the whole chain
     skippable = max(total_blocks - knobs.fn - knobs.bn, 0)
     branches = 2 if separate_cfg else 1
     evaluated = steps * branches * total_blocks

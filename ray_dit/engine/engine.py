@@ -13,10 +13,11 @@ import torch
 
 from ray_dit.api import GenerationRequest, GenerationResult, Timings
 from ray_dit.config import CacheDitSettings, cache_dit_from_env
+from ray_dit.config.cache_dit import knob_variable
 from ray_dit.engine.cache import CacheDitController
 from ray_dit.engine.loader import call_parameters, is_video_pipeline, load_pipeline
 from ray_dit.engine.registry import ModelDefaults
-from ray_dit.errors import InvalidRequest, RequestCancelled
+from ray_dit.errors import ConfigError, InvalidRequest, RequestCancelled
 
 StepCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
@@ -40,6 +41,8 @@ class Engine:
 
     A diffusers pipeline is not thread-safe and Ray Serve runs plain methods in a thread pool,
     so :meth:`generate` takes a lock: requests run one after another, never interleaved.
+    Cache settings that depend on the model (Fn + Bn against its blocks) are checked here: the
+    environment's when the model is loaded (ConfigError), a request's in :meth:`resolve`.
     """
 
     def __init__(
@@ -58,6 +61,9 @@ class Engine:
         self.kind = "video" if is_video_pipeline(self.pipe) else "image"
         self._params = call_parameters(self.pipe)
         self._cache = CacheDitController(self.pipe)
+        problems = self._cache.block_problems(self.cache_settings, knob_variable)
+        if problems:
+            raise ConfigError(problems)
         self._lock = threading.Lock()
         self.device = str(self.pipe.device)
 
@@ -103,6 +109,8 @@ class Engine:
             problems.append(("num_frames", f"num_frames={frames}: must be 4k+1 (1, 5, 9, 13, ...)"))
         if self.kind == "image" and asked_frames not in (None, 1):
             problems.append(("num_frames", f"num_frames={asked_frames}: this model generates images"))
+        blocks = self._cache.block_problems(self.settings_for(request), request.cache.knob_key)
+        problems += [("cache_dit_params", message) for message in blocks]
         return problems
 
     def settings_for(self, request: GenerationRequest) -> CacheDitSettings:
