@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from ray_dit.config import (
@@ -23,6 +25,7 @@ from ray_dit.config import (
     server_from_env,
     storage_from_env,
 )
+from ray_dit.config.storage import parse_bucket, parse_endpoint
 from ray_dit.errors import ConfigError, InvalidRequest
 
 SEED_DOC = Path(__file__).resolve().parents[2] / "shared" / "seed" / "sglang-diffusion-env-vars.md"
@@ -130,8 +133,9 @@ INVALID = [
     ("SGLANG_CACHE_DIT_ENABLED", "on", "true/false/1/0/yes/no"),
     ("SGLANG_CACHE_DIT_ENABLED", "2", "true/false/1/0/yes/no"),
     ("SGLANG_CACHE_DIT_TAYLORSEER", "enabled", "true/false/1/0/yes/no"),
-    ("SGLANG_CACHE_DIT_FN", "-1", ">= 0"),
-    ("SGLANG_CACHE_DIT_FN", "one", ">= 0"),
+    ("SGLANG_CACHE_DIT_FN", "-1", ">= 1"),
+    ("SGLANG_CACHE_DIT_FN", "one", ">= 1"),
+    ("SGLANG_CACHE_DIT_FN", "0", ">= 1"),  # cache-dit asserts Fn >= 1 on every cached call
     ("SGLANG_CACHE_DIT_BN", "1.5", ">= 0"),
     ("SGLANG_CACHE_DIT_WARMUP", "-3", ">= 0"),
     ("SGLANG_CACHE_DIT_RDT", "0", "> 0"),
@@ -144,7 +148,8 @@ INVALID = [
     ("SGLANG_CACHE_DIT_TS_ORDER", "0", "1 or 2"),
     ("SGLANG_CACHE_DIT_SCM_PRESET", "turbo", "none/slow/medium/fast/ultra"),
     ("SGLANG_CACHE_DIT_SCM_POLICY", "fast", "dynamic/static"),
-    ("SGLANG_CACHE_DIT_SECONDARY_FN", "-1", ">= 0"),
+    ("SGLANG_CACHE_DIT_SECONDARY_FN", "-1", ">= 1"),
+    ("SGLANG_CACHE_DIT_SECONDARY_FN", "0", ">= 1"),
     ("SGLANG_CACHE_DIT_SECONDARY_RDT", "0", "> 0"),
     ("SGLANG_CACHE_DIT_SECONDARY_TS_ORDER", "5", "1 or 2"),
     ("SGLANG_CLOUD_STORAGE_TYPE", "gcs", "s3"),
@@ -311,6 +316,8 @@ def test_request_overrides_parse_strings_and_bins():
         ({"residual_diff_thresh": 0.1}, "unknown keys ['residual_diff_thresh']"),
         ({"residual_diff_threshold": -1}, "residual_diff_threshold=-1: must be a number > 0"),
         ({"taylorseer_order": 3}, "taylorseer_order=3: must be 1 or 2"),
+        ({"Fn_compute_blocks": 0}, "Fn_compute_blocks=0: must be an integer >= 1"),
+        ({"secondary": {"Fn_compute_blocks": 0}}, "secondary.Fn_compute_blocks=0: must be an integer >= 1"),
         ({"scm_preset": "turbo"}, "scm_preset='turbo'"),
         ({"scm_compute_bins": [4, 2]}, "must be given together"),
         ({"scm_compute_bins": [4, 0], "scm_cache_bins": [1]}, "scm_compute_bins"),
@@ -324,6 +331,32 @@ def test_bad_request_overrides_name_the_key(params, fragment):
     with pytest.raises(InvalidRequest) as err:
         parse_overrides(True, params)
     assert fragment in err.value.message and err.value.param == "cache_dit_params"
+
+
+def test_step_counts_and_bins_take_any_size_like_sglang():
+    """SGLang takes any integer >= 0; the engine bounds them by the request's steps (test_engine)."""
+    huge = str(10**30)
+    s = cache_dit_from_env(
+        {
+            "SGLANG_CACHE_DIT_WARMUP": huge,
+            "SGLANG_CACHE_DIT_MC": huge,
+            "SGLANG_CACHE_DIT_SCM_COMPUTE_BINS": huge,
+            "SGLANG_CACHE_DIT_SCM_CACHE_BINS": "1",
+        }
+    )
+    assert s.primary.warmup == s.primary.mc == s.scm_compute_bins[0] == 10**30
+    overrides = parse_overrides(
+        True, {"max_warmup_steps": 10**30, "scm_compute_bins": [2**40], "scm_cache_bins": [10**30]}
+    )
+    assert overrides.primary == {"warmup": 10**30}
+    assert overrides.scm == {"scm_compute_bins": (2**40,), "scm_cache_bins": (10**30,)}
+
+
+def test_request_overrides_name_the_knobs_they_set():
+    overrides = parse_overrides(True, {"Fn_compute_blocks": 2, "secondary": {"Bn_compute_blocks": 1}})
+    assert overrides.knob_key(0, "fn") == overrides.knob_key(1, "fn") == "cache_dit_params.Fn_compute_blocks"
+    assert overrides.knob_key(1, "bn") == "cache_dit_params.secondary.Bn_compute_blocks"
+    assert overrides.knob_key(0, "bn") is None and overrides.knob_key(0, "warmup") is None
 
 
 def test_every_bad_override_is_named_at_once():
@@ -346,3 +379,94 @@ def test_describe_is_stable_and_informative():
     s = CacheDitSettings(enabled=True, scm_preset="fast", scm_policy="static")
     assert s.describe() == "DBCache_F1B0_W4MC3_R0.24_SCM-fast-static"
     assert CacheDitSettings().describe() == "NONE"
+
+
+# -- S3 endpoint ports and bucket names: refused at start, naming the rule (issue 14, item 8) ----
+
+
+def test_an_endpoint_port_outside_1_to_65535_is_refused():
+    for url in ("http://minio:0", "http://minio:65536", "https://minio:00"):
+        with pytest.raises(ConfigError) as err:
+            storage_from_env({"SGLANG_S3_ENDPOINT_URL": url})
+        assert f"SGLANG_S3_ENDPOINT_URL={url!r}: must be" in str(err.value) and "port 1-65535" in str(
+            err.value
+        )
+
+
+@given(st.integers(0, 99_999), st.sampled_from(["minio", "127.0.0.1", "[::1]", "s3.example.com"]))
+@example(0, "minio")
+@example(65_535, "minio")
+def test_endpoint_ports_are_exactly_1_to_65535(port, host):
+    url = f"http://{host}:{port}"
+    if 1 <= port <= 65_535:
+        assert parse_endpoint(url) == url
+    else:
+        with pytest.raises(ValueError, match="1-65535"):
+            parse_endpoint(url)
+
+
+BAD_BUCKETS = [
+    ("192.168.1.1", "not formatted as an IP address"),
+    ("bucket..name", "no two adjacent periods"),
+    ("xn--bucket", "no reserved prefix"),
+    ("sthree-bucket", "no reserved prefix"),
+    ("amzn-s3-demo-bucket", "no reserved prefix"),
+    ("bucket-s3alias", "no reserved suffix"),
+    ("bucket--ol-s3", "no reserved suffix"),
+    ("bucket.mrap", "no reserved suffix"),
+    ("bucket--x-s3", "no reserved suffix"),
+    ("bucket--table-s3", "no reserved suffix"),
+    ("ab", "3 to 63 characters"),
+    ("a" * 64, "3 to 63 characters"),
+    ("My-Bucket", "only lowercase letters, digits, '.' and '-'"),
+    ("my_bucket", "only lowercase letters, digits, '.' and '-'"),
+    ("-bucket", "begin and end with a letter or digit"),
+    ("bucket.", "begin and end with a letter or digit"),
+]
+
+
+@pytest.mark.parametrize(("name", "rule"), BAD_BUCKETS, ids=[name[:20] for name, _ in BAD_BUCKETS])
+def test_bucket_names_aws_refuses_are_refused_naming_the_rule(name, rule):
+    with pytest.raises(ConfigError) as err:
+        storage_from_env({"SGLANG_S3_BUCKET_NAME": name})
+    assert f"SGLANG_S3_BUCKET_NAME={name!r}: must be a valid S3 bucket name" in str(err.value)
+    assert rule in str(err.value)
+
+
+LOWER_OR_DIGIT = set("abcdefghijklmnopqrstuvwxyz0123456789")
+
+
+def aws_allows(name: str) -> bool:
+    """AWS's documented rules for general purpose bucket names, written out plainly (no regex)."""
+    parts = name.split(".")
+    return (
+        3 <= len(name) <= 63
+        and set(name) <= LOWER_OR_DIGIT | {".", "-"}
+        and name[0] in LOWER_OR_DIGIT
+        and name[-1] in LOWER_OR_DIGIT
+        and ".." not in name
+        and not (len(parts) == 4 and all(part.isascii() and part.isdigit() for part in parts))
+        and not name.startswith(("xn--", "sthree-", "amzn-s3-demo-"))
+        and not name.endswith(("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"))
+    )
+
+
+bucket_like = st.builds(
+    lambda head, middle, tail: head + middle + tail,
+    st.sampled_from(["", "", "xn--", "sthree-", "amzn-s3-demo-", " "]),
+    st.one_of(
+        st.text(alphabet="ab09.-_B", max_size=66),
+        st.lists(st.integers(0, 999).map(str), min_size=3, max_size=5).map(".".join),
+    ),
+    st.sampled_from(["", "", "-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3", "\n"]),
+)
+
+
+@given(bucket_like)
+def test_bucket_names_are_accepted_exactly_when_aws_accepts_them(name):
+    try:
+        accepted = parse_bucket(name) == name.strip()
+    except ValueError as exc:
+        accepted = False
+        assert "it breaks: " in str(exc)
+    assert accepted == aws_allows(name.strip()), name

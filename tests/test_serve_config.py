@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import typing
 from pathlib import Path
 from typing import Any
 
+import httpx
+import openai
 import pytest
 import yaml
 from pydantic import BaseModel
 from ray.serve.schema import ServeDeploySchema
+from starlette.requests import Request
 
 from ray_dit.config import SEED_DEFAULTS, ServeLimits, limits_from_mapping, server_from_env
 from ray_dit.errors import ConfigError
 from ray_dit.serve.app import build_app, parse_args
-from ray_dit.serve.schemas import ImageGenerationBody, form_to_dict, image_request, parse_body
+from ray_dit.serve.errors import ApiError
+from ray_dit.serve.schemas import (
+    ImageGenerationBody,
+    VideoCreateBody,
+    form_to_dict,
+    image_request,
+    parse_body,
+    video_request,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = [ROOT / "serve_config.yaml", ROOT / "examples" / "serve_config.gpu.yaml"]
@@ -141,3 +153,91 @@ def test_image_body_translation():
 def test_the_builder_takes_one_parameter_as_serve_requires():
     """``serve run`` refuses a builder with more parameters (tests/test_serve_run.py runs it)."""
     assert list(inspect.signature(build_app).parameters) == ["args"]
+
+
+# -- strict JSON types: a bool is not a number, text is not a number (issue 14, item 8) ----------
+
+NOT_NUMBERS = [
+    (ImageGenerationBody, "n", True, "n=true: must be an integer, not a boolean"),
+    (ImageGenerationBody, "n", False, "n=false: must be an integer, not a boolean"),
+    (ImageGenerationBody, "n", "2", 'n="2": must be an integer, not a string'),
+    (ImageGenerationBody, "n", 2.0, "n=2.0: must be an integer, not a number"),
+    (ImageGenerationBody, "num_inference_steps", True, "must be an integer, not a boolean"),
+    (ImageGenerationBody, "seed", True, "seed=true: must be an integer"),
+    (ImageGenerationBody, "guidance_scale", True, "guidance_scale=true: must be a number, not a boolean"),
+    (ImageGenerationBody, "true_cfg_scale", "4", 'true_cfg_scale="4": must be a number, not a string'),
+    (ImageGenerationBody, "output_compression", True, "must be an integer, not a boolean"),
+    (ImageGenerationBody, "partial_images", False, "must be an integer, not a boolean"),
+    (ImageGenerationBody, "partial_images", 2, "partial_images=2: must be 0"),
+    (ImageGenerationBody, "stream", 0, "stream=0: must be true or false, not an integer"),
+    (ImageGenerationBody, "enable_cache_dit", 1, "must be true or false, not an integer"),
+    (VideoCreateBody, "num_frames", True, "num_frames=true: must be an integer, not a boolean"),
+    (VideoCreateBody, "fps", True, "fps=true: must be an integer, not a boolean"),
+    (VideoCreateBody, "guidance_scale", False, "must be a number, not a boolean"),
+    (VideoCreateBody, "seconds", True, "seconds=true: must be a duration in seconds"),
+]
+
+
+@pytest.mark.parametrize(
+    ("model", "field", "value", "message"), NOT_NUMBERS, ids=[f"{f}={v!r}" for _, f, v, _ in NOT_NUMBERS]
+)
+def test_json_values_of_the_wrong_type_are_a_400_naming_the_field(model, field, value, message):
+    with pytest.raises(ApiError) as err:
+        parse_body(model, {"prompt": "p", field: value})
+    assert (err.value.status, err.value.param) == (400, field)
+    assert message in err.value.message, err.value.message
+    assert "Traceback" not in err.value.message
+
+
+def test_float_fields_take_integers_and_int_valued_floats():
+    body = parse_body(ImageGenerationBody, {"prompt": "p", "guidance_scale": 2, "true_cfg_scale": 2.0})
+    assert body.guidance_scale == 2.0 and body.true_cfg_scale == 2.0
+    video = parse_body(VideoCreateBody, {"prompt": "p", "seconds": 1, "guidance_scale": 3.0})
+    assert video.seconds == "1" and video.guidance_scale == 3.0
+    assert parse_body(VideoCreateBody, {"prompt": "p", "seconds": 0.5}).seconds == "0.5"
+    assert (
+        parse_body(ImageGenerationBody, {"prompt": "p", "stream": False, "partial_images": 0}).stream is False
+    )
+
+
+def _sdk_video_form(**params: Any) -> list[tuple[str, Any]]:
+    """The form the official openai SDK sends for ``videos.create``, read back as the ingress reads it."""
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(400, json={"error": {"message": "captured"}})
+
+    transport = httpx.Client(transport=httpx.MockTransport(answer))
+    client = openai.OpenAI(base_url="http://test/v1", api_key="k", max_retries=0, http_client=transport)
+    with pytest.raises(openai.BadRequestError):
+        client.videos.create(**params)
+    body, content_type = sent[0].read(), sent[0].headers["content-type"]
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def read() -> list[tuple[str, Any]]:
+        headers = [(b"content-type", content_type.encode())]
+        scope = {"type": "http", "method": "POST", "path": "/", "headers": headers, "query_string": b""}
+        return list((await Request(scope, receive).form()).multi_items())
+
+    return asyncio.run(read())
+
+
+def test_the_sdks_multipart_form_still_parses_into_typed_fields():
+    """Every form value is text; the form still reads as JSON would (the SDK sends 2.0 as "2.0")."""
+    extras = {"num_frames": 5, "fps": 8, "guidance_scale": 2.0, "seed": 7, "enable_cache_dit": True}
+    cache = {"residual_diff_threshold": 0.5, "scm_compute_bins": [4, 2], "scm_cache_bins": [1, 3]}
+    items = _sdk_video_form(
+        prompt="a cat", seconds="4", size="64x64", extra_body={**extras, "cache_dit_params": cache}
+    )
+    assert ("num_frames", "5") in items and ("guidance_scale", "2.0") in items  # text, as sent
+    body = parse_body(VideoCreateBody, form_to_dict(items))
+    assert (body.num_frames, body.fps, body.guidance_scale, body.seed) == (5, 8, 2.0, 7)
+    assert body.enable_cache_dit is True and body.seconds == "4"
+    req = video_request(body, "video_0123456789abcdef", ServeLimits(), None)
+    assert req.cache.primary == {"rdt": 0.5} and req.cache.scm["scm_compute_bins"] == (4, 2)
+    with pytest.raises(ApiError) as err:  # a form's text that is no number is still refused by name
+        parse_body(VideoCreateBody, form_to_dict([("prompt", "x"), ("fps", "true")]))
+    assert err.value.param == "fps"

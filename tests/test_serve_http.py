@@ -114,10 +114,15 @@ def _request(body: bytes, content_type: str = "application/json") -> Request:
 
 @pytest.mark.parametrize(
     "body",
-    [b"[" * 100_000, b'{"prompt": "x", "cache_dit_params": ' + b"{" * 50_000 + b'"a": 1}'],
-    ids=["brackets", "nested-cache-params"],
+    [
+        b"[" * 100_000,
+        b'{"prompt": "x", "cache_dit_params": ' + b"{" * 50_000 + b'"a": 1}',
+        b'{"prompt": "x", "seed": ' + b"9" * 5000 + b"}",
+        b'{"prompt": "\xff"}',
+    ],
+    ids=["brackets", "nested-cache-params", "huge-integer", "bad-utf8"],
 )
-def test_a_body_nested_too_deeply_is_a_400(body):
+def test_a_body_python_cannot_parse_is_a_400(body):
     with pytest.raises(ApiError) as err:
         asyncio.run(read_json(_request(body), limit=1 << 20))
     assert err.value.status == 400 and err.value.code == "invalid_json"

@@ -1,13 +1,15 @@
 """Value parsers: each returns the value or raises ``ValueError(<what is allowed>)``.
 
 The reader adds the variable's name and value to that text, so an error says all three. Parsing
-is stricter than SGLang's (which falls back silently): a typo is an error at start-up.
+is stricter than SGLang's (which falls back silently): a typo is an error at start-up. Where the
+intent is plain it is more forgiving: words in any case, surrounding whitespace ignored
+(docs/configuration.md, "Same input, SGLang vs ray_dit", lists every difference).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -33,7 +35,8 @@ def checked(convert: Callable[[str], T], ok: Callable[[T], bool], allowed: str) 
     return parse
 
 
-# Only the six words SGLang documents: 'on' or '2' are typos to report, not to guess.
+# SGLang reads only true/1 as true and anything else as false, so its 'yes' is silently false;
+# these six words say what they mean, while 'on' or '2' are typos to report, not to guess.
 parse_bool = checked(
     lambda text: BOOL_WORDS[text.lower()], lambda _: True, "one of true/false/1/0/yes/no (any case)"
 )
@@ -63,3 +66,17 @@ def one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
 def matching(pattern: str, allowed: str, clean: Callable[[str], str] = str) -> Callable[[Any], str]:
     """Text that, once cleaned, matches ``pattern`` whole: names that end up in URLs and keys."""
     return checked(clean, lambda text: re.fullmatch(pattern, text) is not None, allowed)
+
+
+def following(rules: Sequence[tuple[str, str]], allowed: str) -> Callable[[Any], str]:
+    """Stripped text that breaks none of ``rules`` (``(rule, a regex that finds a break)``): the error
+    names each rule broken, so a name refused for one reason of many (a bucket name) says which."""
+
+    def parse(raw: Any) -> str:
+        text = str(raw).strip()
+        broken = [rule for rule, finds_break in rules if re.search(finds_break, text, re.DOTALL)]
+        if broken:
+            raise ValueError(f"{allowed}; it breaks: {'; '.join(broken)}")
+        return text
+
+    return parse

@@ -8,6 +8,7 @@ the encoders (docs/storage.md explains each guarantee).
 from __future__ import annotations
 
 import os.path
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,11 +16,23 @@ from urllib.parse import urlparse
 
 from pydantic import SecretStr
 
-from ray_dit.config.parsers import int_at_least, int_between, matching, number_above, one_of, parse_bool
+from ray_dit.config.parsers import (
+    following,
+    int_at_least,
+    int_between,
+    matching,
+    number_above,
+    one_of,
+    parse_bool,
+)
 from ray_dit.config.reader import EnvReader, as_secret, from_env, read_env, secret_from_env
 
 URL_MODES = ("presigned", "public")
 ADDRESSING_STYLES = ("auto", "path", "virtual")
+
+
+# host[:port]: a registered name (RFC 3986's characters, so no space) or an [IPv6] literal
+_HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]+)(?::(?P<port>[0-9]{1,5}))?")
 
 
 def parse_endpoint(raw: Any) -> str:
@@ -27,25 +40,37 @@ def parse_endpoint(raw: Any) -> str:
     allowed = "an http:// or https:// URL with a host, e.g. http://minio:9000"
     text = str(raw).strip()
     parsed = urlparse(text)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise ValueError(allowed)
     if "@" in parsed.netloc:
         raise ValueError(allowed + ", without user:password@ (credentials go in SGLANG_S3_*_KEY*)")
     if parsed.query or parsed.fragment or parsed.params:
         raise ValueError(allowed + ", without ?query or #fragment")
-    try:
-        parsed.port  # noqa: B018  (raises on a non-numeric or out-of-range port)
-    except ValueError:
-        raise ValueError(allowed + ", with a numeric port 1-65535") from None
+    host_port = _HOST_PORT.fullmatch(parsed.netloc)
+    if host_port is None:
+        raise ValueError(allowed + ", whose host has no spaces and whose port is a number 1-65535")
+    if host_port["port"] is not None and not 1 <= int(host_port["port"]) <= 65535:
+        raise ValueError(allowed + f", with a port 1-65535 (port {int(host_port['port'])} is not)")
     return text.rstrip("/")
 
 
 parse_abs_dir = matching(
     r"/[^\x00]*", "an absolute directory path, e.g. /var/lib/ray_dit/spool", os.path.normpath
 )
-parse_bucket = matching(
-    r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]",
-    "a valid S3 bucket name (3-63 chars: lowercase letters, digits, '.', '-')",
+parse_bucket = following(  # AWS's rules for general purpose buckets, each named when broken
+    (
+        ("3 to 63 characters", r"\A.{0,2}\Z|.{64}"),
+        ("only lowercase letters, digits, '.' and '-'", r"[^a-z0-9.\-]"),
+        ("begin and end with a letter or digit", r"\A[^a-z0-9]|[^a-z0-9]\Z"),
+        ("no two adjacent periods", r"\.\."),
+        ("not formatted as an IP address (like 192.168.5.4)", r"\A[0-9]+(\.[0-9]+){3}\Z"),
+        ("no reserved prefix (xn--, sthree-, amzn-s3-demo-)", r"\A(xn--|sthree-|amzn-s3-demo-)"),
+        (
+            "no reserved suffix (-s3alias, --ol-s3, .mrap, --x-s3, --table-s3)",
+            r"(-s3alias|--ol-s3|\.mrap|--x-s3|--table-s3)\Z",
+        ),
+    ),
+    "a valid S3 bucket name",
 )
 parse_region = matching(
     r"[A-Za-z0-9_\-]{1,64}", "a region name of letters, digits, '-' and '_', e.g. us-east-1"

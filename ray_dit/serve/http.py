@@ -172,7 +172,7 @@ async def read_json(request: Request, limit: int) -> Any:
     body = await read_body(request, limit)
     try:
         return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # bad JSON, bad UTF-8, an integer over Python's digit limit
         raise ApiError(400, f"invalid JSON body: {exc}", code="invalid_json") from None
     except RecursionError:  # deeper than Python's parser goes; no API body nests like this
         raise ApiError(400, "invalid JSON body: nested too deeply", code="invalid_json") from None

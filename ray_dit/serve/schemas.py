@@ -4,15 +4,19 @@ Field names follow OpenAI's Images and Videos APIs so the official clients work 
 extras (steps, guidance, seed, cache overrides) are ray_dit's and travel in ``extra_body``.
 OpenAI parameters that have no meaning for a DiT (quality, style, user, ...) are accepted and
 ignored; anything else unknown is refused by name, as OpenAI itself does.
+
+Types are strict for JSON: ``"n": true`` or ``"n": "2"`` is a 400 naming ``n``, never ``n=1``. A
+multipart form carries only text, so a form (:class:`FormFields`) reads its numbers from text.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from ray_dit.api import GenerationRequest, parse_size
 from ray_dit.config import CacheOverrides, ServeLimits, parse_overrides
@@ -23,8 +27,34 @@ from ray_dit.serve.types import ModelInfo
 MAX_SEED = 2**63 - 1 - 1024
 
 
+def _only(value: bool | int, why: str) -> Any:
+    """A field that may only be ``value``, of its exact JSON type (``Literal[0]`` would take false)."""
+
+    def check(given: Any) -> Any:
+        if given != value:
+            raise ValueError(f"must be {json.dumps(value)}: {why}")
+        return given
+
+    return Annotated[type(value), AfterValidator(check)]
+
+
+def _seconds_as_text(value: Any) -> Any:
+    """OpenAI's ``seconds`` is text ("4"); a JSON number (4, 1.5) is taken as its text, a bool is not."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise ValueError('must be a duration in seconds, as text ("4") or a number (4)')
+    return value
+
+
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+    # strict: a JSON bool is not a number and "2" is not an int; a float field still takes 2 and 2.0
+    model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=False)
+
+
+class FormFields(dict[str, Any]):
+    """A form's fields as JSON-shaped data whose leaves are all text (``"4"``, ``"true"``): the only
+    way a form carries a number, so :func:`parse_body` reads them from text (pydantic's lax mode)."""
 
 
 class _SamplingExtras(_Body):
@@ -56,8 +86,8 @@ class ImageGenerationBody(_SamplingExtras):
     moderation: str | None = None
     output_compression: int | None = None
     safety_identifier: str | None = None
-    stream: Literal[False] | None = None
-    partial_images: Literal[0] | None = None
+    stream: _only(False, "streaming is not supported") | None = None  # type: ignore[valid-type]
+    partial_images: _only(0, "streaming is not supported") | None = None  # type: ignore[valid-type]
 
 
 class VideoCreateBody(_SamplingExtras):
@@ -65,12 +95,31 @@ class VideoCreateBody(_SamplingExtras):
 
     prompt: str
     model: str | None = None
-    seconds: str | int | float | None = None
+    seconds: Annotated[str, BeforeValidator(_seconds_as_text)] | None = None
     size: str | None = None
     num_frames: int | None = None
     fps: int | None = None
     output_format: Literal["mp4"] | None = None
     input_reference: Any = None
+
+
+_EXPECTED = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "dict_type": "an object",
+}
+_JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array"}
+
+
+def _shown(value: Any) -> str:
+    """A value as the client wrote it (JSON: ``true``, ``"2"``), cut to a readable length."""
+    try:
+        shown = json.dumps(value)
+    except (TypeError, ValueError):  # not JSON (an object from a notebook), or an int too long to print
+        shown = f"<{type(value).__name__}>"
+    return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
 def validation_error(exc: ValidationError) -> ApiError:
@@ -79,23 +128,26 @@ def validation_error(exc: ValidationError) -> ApiError:
     loc = [str(p) for p in err.get("loc", ())]
     name = ".".join(loc) or "body"
     kind = err.get("type", "")
+    value = err.get("input")
     if kind == "missing":
         message = f"{name}: this field is required"
     elif kind == "extra_forbidden":
         message = f"{name}: unknown parameter"
-    else:
-        shown = repr(err.get("input"))
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        message = f"{name}={shown}: {err.get('msg', 'invalid value')}"
+    elif kind in _EXPECTED:  # a strict type check: say what came and what is expected
+        got = "null" if value is None else _JSON_TYPES.get(type(value), type(value).__name__)
+        message = f"{name}={_shown(value)}: must be {_EXPECTED[kind]}, not {got}"
+    else:  # a ValueError of ours says it all; pydantic's own messages are kept as they are
+        error = err.get("ctx", {}).get("error") if kind == "value_error" else None
+        message = f"{name}={_shown(value)}: {error or err.get('msg', 'invalid value')}"
     return invalid(loc[0] if loc else None, message)
 
 
 def parse_body(model: type[_Body], data: Any) -> Any:
+    """``data`` validated into ``model``: strictly, unless it is a form's text (:class:`FormFields`)."""
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=not isinstance(data, FormFields))
     except ValidationError as exc:
         raise validation_error(exc) from None
 
@@ -250,7 +302,7 @@ def form_to_dict(items: list[tuple[str, Any]]) -> dict[str, Any]:
 
     A field given both as a value and as an object or list (``a=1&a[b]=2``) is a 400 naming it.
     """
-    data: dict[str, Any] = {}
+    data: dict[str, Any] = FormFields()  # its leaves are text: parse_body reads numbers from it
     for key, value in items:
         name = key.split("[", 1)[0]
         parts = key.replace("]", "").split("[")
