@@ -521,3 +521,24 @@ def test_request_fn_and_bn_beyond_the_blocks_are_the_clients_error(model, params
             assert fragment in err.value.message
     fits = parse_overrides(enabled, {"Fn_compute_blocks": 1, "Bn_compute_blocks": 1})
     assert engine.generate(request.replace(cache=fits)).steps == 4
+
+
+def test_frames_are_converted_in_place_without_float_copies():
+    """A 129-frame 720p output is 1.4 GB of float32: the conversion to uint8 must add only the
+    uint8 result (a quarter of it), not a float temporary per operation as before."""
+    import tracemalloc
+    from types import SimpleNamespace
+
+    from ray_dit.engine.engine import _to_uint8_frames
+
+    images = np.random.default_rng(0).random((2, 512, 512, 3), dtype=np.float32) * 1.2 - 0.1
+    expected = (np.clip(images, 0.0, 1.0) * 255.0).round().astype(np.uint8)[:, None]
+    output = SimpleNamespace(images=images.copy())
+    tracemalloc.start()
+    try:
+        frames = _to_uint8_frames(output, "image")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(frames, expected)
+    assert peak < images.nbytes / 2, f"{peak} bytes allocated for {images.nbytes} bytes of frames"

@@ -241,3 +241,26 @@ def test_the_sdks_multipart_form_still_parses_into_typed_fields():
     with pytest.raises(ApiError) as err:  # a form's text that is no number is still refused by name
         parse_body(VideoCreateBody, form_to_dict([("prompt", "x"), ("fps", "true")]))
     assert err.value.param == "fps"
+
+
+def test_the_whole_output_of_a_request_has_a_budget():
+    """Each field within its limit, the product over RAY_DIT_MAX_TOTAL_PIXELS: a 400 naming it."""
+    from ray_dit.serve.types import ModelInfo
+
+    limits = ServeLimits()
+    huge = parse_body(VideoCreateBody, {"prompt": "x", "size": "2048x2048", "num_frames": 129})
+    with pytest.raises(ApiError) as err:
+        video_request(huge, "video_0123456789abcdef", limits, None)
+    assert err.value.status == 400 and err.value.param == "size"
+    assert "RAY_DIT_MAX_TOTAL_PIXELS" in err.value.message and "129 frames" in err.value.message
+    hd = parse_body(VideoCreateBody, {"prompt": "x", "size": "1280x720", "num_frames": 129})
+    assert video_request(hd, "video_0123456789abcdef", limits, None).num_frames == 129
+    # The model's default size counts when the request gives none.
+    info = ModelInfo(model="m", kind="video", width=2048, height=2048, num_frames=129)
+    with pytest.raises(ApiError, match="RAY_DIT_MAX_TOTAL_PIXELS"):
+        video_request(parse_body(VideoCreateBody, {"prompt": "x"}), "video_0123456789abcdef", limits, info)
+    images = parse_body(ImageGenerationBody, {"prompt": "x", "size": "2048x2048", "n": 4})
+    assert image_request(images, "img_0123456789abcdef", limits, None).n == 4
+    small = ServeLimits(max_total_pixels=2048 * 2048 * 3)
+    with pytest.raises(ApiError, match="n=4"):
+        image_request(images, "img_0123456789abcdef", small, None)

@@ -29,6 +29,9 @@ class ServeLimits:
     """Width x height per output: up to 2048x2048."""
     max_frames: int = from_env("RAY_DIT_MAX_FRAMES", int_at_least(1), 129)
     """Frames per video."""
+    max_total_pixels: int = from_env("RAY_DIT_MAX_TOTAL_PIXELS", int_at_least(1), 1280 * 720 * 129)
+    """Width x height x frames x n of one request: the per-field limits alone admit 2048x2048 x 129
+    frames x 4 (6.5 GB of float32 frames, a dead replica). The default is a 129-frame 720p video."""
     max_steps: int = from_env("RAY_DIT_MAX_STEPS", int_at_least(1), 200)
     """``num_inference_steps``: far above any model's useful count, so only mistakes are refused."""
     max_n: int = from_env("RAY_DIT_MAX_N", int_at_least(1), 4)

@@ -226,9 +226,13 @@ class _StepHook:
 
 
 def _to_uint8_frames(output: Any, kind: str) -> np.ndarray:
-    """Pipeline output (float in [0, 1]) -> uint8 [n, frames, H, W, 3]."""
-    array = output.frames if kind == "video" else output.images
-    array = np.asarray(array)
-    if kind == "image":
-        array = array[:, None]
-    return (np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    """Pipeline output (float in [0, 1]) -> uint8 [n, frames, H, W, 3], converted in place: a long
+    video is gigabytes of float32, and every temporary of the usual expression is another copy."""
+    array = np.asarray(output.frames if kind == "video" else output.images)
+    if not (array.flags.writeable and np.issubdtype(array.dtype, np.floating)):
+        array = array.astype(np.float32)
+    np.clip(array, 0.0, 1.0, out=array)
+    array *= 255.0
+    np.rint(array, out=array)  # what ndarray.round() does: half to even
+    frames = array.astype(np.uint8)
+    return frames[:, None] if kind == "image" else frames

@@ -236,6 +236,7 @@ def image_request(
     if info is not None and info.kind != "image":
         raise invalid("model", f"model {info.model!r} generates videos: use POST /v1/videos")
     width, height = _check_size(body.size, limits, info)
+    _check_total(width, height, 1, n, limits, info)
     return GenerationRequest(
         prompt=body.prompt,
         n=n,
@@ -245,6 +246,29 @@ def image_request(
         request_id=request_id,
         **_common_kwargs(body, limits),
     )
+
+
+def _check_total(
+    width: int | None,
+    height: int | None,
+    frames: int | None,
+    n: int,
+    limits: ServeLimits,
+    info: ModelInfo | None,
+) -> None:
+    """The request's whole output against ``max_total_pixels``; the model's defaults fill the gaps."""
+    width = width or (info.width if info else None)
+    height = height or (info.height if info else None)
+    frames = frames or (info.num_frames if info else None) or 1
+    if not (width and height):
+        return  # nothing known yet about the size: the per-field limits still hold
+    total = width * height * frames * n
+    if total > limits.max_total_pixels:
+        raise invalid(
+            "size",
+            f"{width}x{height} x {frames} frames x n={n} is {total} pixels, over the limit of "
+            f"{limits.max_total_pixels} per request (RAY_DIT_MAX_TOTAL_PIXELS)",
+        )
 
 
 def _frames_for_seconds(seconds: Any, fps: int) -> int:
@@ -284,6 +308,7 @@ def video_request(
         )
     if frames is not None and (frames - 1) % 4:
         raise invalid("num_frames", f"num_frames={frames}: must be 4k+1 (1, 5, 9, 13, ...)")
+    _check_total(width, height, frames, 1, limits, info)
     return GenerationRequest(
         prompt=body.prompt,
         n=1,
