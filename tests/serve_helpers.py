@@ -37,10 +37,11 @@ def s3_env(endpoint: str, bucket: str, spool: str, **extra: str) -> dict[str, st
 
 
 def assert_a_disconnect_frees_the_dit(
-    http, size: str = "768x768", headers: dict | None = None, steps: int = 200
+    http, size: str = "768x768", headers: dict | None = None, steps: int = 200, rounds: int = 1
 ) -> None:
     """A client that goes away frees the DiT replica at the next step: the next request is served
-    in about its own time, not after the abandoned request's ``steps`` steps."""
+    in about its own time, not after the abandoned request's ``steps`` steps. ``rounds`` > 1
+    catches a proxy that loses only some disconnects."""
     import time
 
     import httpx
@@ -55,12 +56,13 @@ def assert_a_disconnect_frees_the_dit(
         return resp.json()["timings"]["denoise_s"] / 8  # measured by the replica itself
 
     step_s = min(per_step(), per_step())
-    with pytest.raises(httpx.ReadTimeout):
-        http.post("/v1/images/generations", json=slow, timeout=1.0, headers=headers)
-    started = time.monotonic()
-    resp = http.post("/v1/images/generations", json=probe, headers=headers)
-    waited = time.monotonic() - started
-    assert resp.status_code == 200, resp.text
     full = step_s * steps
     assert full > 4, f"the slow request is too fast to tell ({full:.1f}s)"
-    assert waited < full / 3, f"waited {waited:.1f}s; the full denoise takes ~{full:.1f}s"
+    for round_ in range(rounds):
+        with pytest.raises(httpx.ReadTimeout):
+            http.post("/v1/images/generations", json=slow, timeout=1.0, headers=headers)
+        started = time.monotonic()
+        resp = http.post("/v1/images/generations", json=probe, headers=headers)
+        waited = time.monotonic() - started
+        assert resp.status_code == 200, resp.text
+        assert waited < full / 3, f"round {round_}: waited {waited:.1f}s; the full denoise takes ~{full:.1f}s"

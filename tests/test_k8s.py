@@ -700,7 +700,12 @@ def test_containers_share_the_image_and_declare_ports_and_resources() -> None:
 def test_every_ray_container_runs_serve_in_high_throughput_mode() -> None:
     # Serve reads these once per process, so every node must agree: a worker without them
     # would run Serve's Python proxy on its `serve` port while the others run HAProxy.
-    wanted = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    wanted = {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        # The console script the image's `pip install` puts there (k8s/Dockerfile checks it).
+        "RAY_SERVE_HAPROXY_BINARY_PATH": "/home/ray/anaconda3/bin/ray-dit-haproxy",
+    }
     for name, group in all_groups():
         env = {e["name"]: e.get("value") for e in ray_container(group).get("env", [])}
         assert {key: env.get(key) for key in wanted} == wanted, name
