@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -42,6 +43,8 @@ SERVE_MODES = {  # explicit both ways, so a variable exported in the shell canno
         # Behind HAProxy an ingress replica that stops stays reachable this long (default 30 s)
         # for clients of older HAProxy processes; this throwaway cluster has none to wait for.
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+        # As k8s/ runs it: HAProxy without Ray's splice options (docs/serving.md).
+        "RAY_SERVE_HAPROXY_BINARY_PATH": str(Path(sys.executable).with_name("ray-dit-haproxy")),
     },
 }
 PROMPTS = {"demo:shapes": "a yellow triangle on a purple background"}
