@@ -115,6 +115,9 @@ class StorageSettings:
     """Above this, new work is refused with 503 rather than filling the node's disk (2 GiB)."""
     url_wait_s: float = from_env("RAY_DIT_S3_URL_WAIT_S", number_above(0, inclusive=True), 2.0)
     """How long a ``url`` response waits for the upload before returning the server's own URL."""
+    content_wait_s: float = from_env("RAY_DIT_CONTENT_WAIT_S", number_above(0), 10.0)
+    """How long ``/content`` waits for an output that only S3 has before answering 503: a hanging
+    S3 would otherwise hold the reader for the read timeout times the attempts (about 90 s)."""
     # S3 client and upload loop: explicit retries and timeouts, because botocore's defaults
     # (legacy retries, 60 s timeouts) are wrong for a background drain loop.
     max_attempts: int = from_env("RAY_DIT_S3_MAX_ATTEMPTS", int_at_least(1), 3)

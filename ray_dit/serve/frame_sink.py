@@ -59,7 +59,11 @@ class FrameSinkDeployment:
         settings = storage_from_env()
         lower_priority(settings.sink_nice)  # before FrameSink starts its upload threads
         self.sink = FrameSink(settings)
+        # Stores and reads on threads of their own: a read stuck on a hanging S3 must never
+        # hold a thread that a finished denoise needs to be stored.
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sink")
+        self._reads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sink-read")
+        self._read_slots = asyncio.Semaphore(threads)  # reads beyond the threads are refused
         self._stats_task: asyncio.Task | None = None
 
     async def _stats_loop(self) -> None:
@@ -110,14 +114,23 @@ class FrameSinkDeployment:
     async def content(
         self, request_id: str, index: int = 0, key: str | None = None
     ) -> tuple[bytes, str] | None:
-        """An output's bytes: from this node's spool, else from S3 (by ``key`` if given)."""
+        """An output's bytes: from this node's spool, else from S3 (by ``key`` if given). Waits at
+        most ``RAY_DIT_CONTENT_WAIT_S``; while every read thread is busy a read is refused at once
+        (503), instead of queueing behind reads that a hanging S3 holds."""
+        unavailable = StorageUnavailable(f"output {request_id}_{index} is not readable right now")
+        if self._read_slots.locked():
+            raise unavailable
+        await self._read_slots.acquire()  # free: checked just above, nothing awaited since
+        read = asyncio.get_running_loop().run_in_executor(
+            self._reads, self.sink.content, request_id, index, key
+        )
+        read.add_done_callback(lambda _: self._read_slots.release())  # when the thread is free again
         try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, self.sink.content, request_id, index, key)
+            return await asyncio.wait_for(asyncio.shield(read), self.sink.settings.content_wait_s)
         except ValueError:  # a key that does not belong to this request/index
             return None
-        except Exception:  # StorageError: S3 could not be asked
-            raise StorageUnavailable(f"output {request_id}_{index} is not readable right now") from None
+        except Exception:  # StorageError (S3 could not be asked), or the wait ran out
+            raise unavailable from None
 
     def is_full(self) -> bool:
         return self.sink.is_full()
