@@ -156,6 +156,13 @@ def test_url_response_falls_back_while_upload_is_pending(
     assert other.content("reqwait", 0, key=out.key) == (out.data, "image/png")
     with pytest.raises(ValueError, match="key"):
         other.content("reqother", 0, key=out.key)
+    # Another deployment sharing the bucket under its own prefix: the same file name under its
+    # prefix is not this deployment's to read (the name alone was checked before).
+    foreign = "someone-else/private/2020/01/01/reqwait_0.png"
+    admin_client(proxy.endpoint).put_object(Bucket=bucket, Key=foreign, Body=b"theirs")
+    for key in (foreign, out.key.replace(sink.settings.key_prefix, "ray-dit/nested", 1)):
+        with pytest.raises(ValueError, match="key prefix"):
+            other.content("reqwait", 0, key=key)
 
 
 def test_missing_bucket_fails_start_clearly(moto: str, tmp_path: Path) -> None:

@@ -77,6 +77,15 @@ def split_key(key: str) -> tuple[str, str]:
     return match.group(1), match.group(2)
 
 
+def own_key(key: str, prefix: str, name: str) -> str:
+    """``key`` if it names output ``name`` under this deployment's ``prefix`` and layout, else
+    ValueError: a client hands the key back (``?key=``), and two deployments may share a bucket
+    under different prefixes, so the file name alone must not let one read the other's outputs."""
+    if split_key(key)[0] != name or key.split("/")[:-4] != prefix.split("/"):
+        raise ValueError("key: does not belong to this request_id, index and key prefix")
+    return key
+
+
 def check_key(key: str) -> str:
     """``key`` if it is a valid output key, else ValueError."""
     split_key(key)

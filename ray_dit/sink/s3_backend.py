@@ -63,9 +63,7 @@ class S3Backend:
         name = keys.entry_name(request_id, index)
         known = self.uploader.spooled_key(name)
         if known is None and key is not None:
-            if keys.split_key(key)[0] != name:
-                raise ValueError("key: does not belong to this request_id and index")
-            known = key
+            known = keys.own_key(key, self.bucket.settings.key_prefix, name)
         if known is None:
             return None
         data = self.bucket.get(known)
