@@ -45,7 +45,10 @@ class RequestCancelled(RayDitError):
 
 
 class Unavailable(RayDitError):
-    """A resource is full or away for now (a backend, the disk): answer 503 with Retry-After."""
+    """A resource is full or away for now (a backend, the disk): answer 503 with Retry-After.
+    The message is written for the client; ``code`` is the error code it gets."""
+
+    code = "unavailable"
 
 
 class StorageUnavailable(Unavailable):

@@ -162,6 +162,8 @@ class _Plan:
     drop_next: int = 0
     latency_s: float = 0.0
     latency_after_forward: bool = False
+    stall_path: str | None = None  # requests whose path contains this hang, then get a reset
+    stall_s: float = 0.0
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -195,9 +197,15 @@ class _Handler(BaseHTTPRequestHandler):
         proxy = self.server.proxy
         body = self._read_body()
         action, plan = proxy._decide()
+        if action == "forwarded" and plan.stall_path and plan.stall_path in self.path:
+            action = "stalled"
         headers = {k.lower(): v for k, v in self.headers.items()}
         proxy._record(RecordedRequest(self.command, self.path, headers, len(body), action))
         if action == "refused":
+            self._abort()
+            return
+        if action == "stalled":
+            proxy._sleep(plan.stall_s)
             self._abort()
             return
         if action in ("failed", "down"):
@@ -352,6 +360,11 @@ class FaultProxy:
         with self._lock:
             self._plan.latency_s = seconds
             self._plan.latency_after_forward = after_forward
+
+    def stall_matching(self, path_part: str | None, seconds: float = 0.0) -> None:
+        """Requests whose path contains ``path_part`` hang ``seconds`` (unanswered), then reset."""
+        with self._lock:
+            self._plan.stall_path, self._plan.stall_s = path_part, seconds
 
     def count(self, outcome: str, method: str | None = None) -> int:
         with self._lock:

@@ -134,6 +134,9 @@ class StorageSettings:
     """Require ETag == MD5 before deleting a spool entry; false for non-MD5 ETags (SSE-KMS)."""
     manifest_flush_s: float = from_env("RAY_DIT_MANIFEST_FLUSH_S", _positive, 30.0)
     """How often manifest rows are folded into Parquet and uploaded."""
+    spool_keep_s: float = from_env("RAY_DIT_SPOOL_KEEP_S", _positive, 86400.0)
+    """How long the spool keeps what it no longer needs (manifest parts already in S3, quarantined
+    entries), for a person to look at: a day. Kept files count against the spool's cap."""
     sink_nice: int = from_env("RAY_DIT_SINK_NICE", _parse_nice, 10)
     """Niceness of sink processes: encoding yields the CPU to the DiT replicas that feed the GPU."""
     png_compress_level: int = from_env("RAY_DIT_PNG_COMPRESS_LEVEL", _parse_png_level, 1)

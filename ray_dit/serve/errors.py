@@ -27,6 +27,7 @@ logger = logging.getLogger("ray.serve")
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
     409: "invalid_request_error",
@@ -123,6 +124,8 @@ def to_api_error(exc: BaseException, request_id: str, retry_after: RetryAfter) -
     if isinstance(cause, RequestCancelled | RequestCancelledError):
         return ApiError(499, "the request was cancelled", code="cancelled")
     name = type(cause).__name__
+    if isinstance(cause, Unavailable):  # ours: the message is written for the client
+        return busy(f"{cause}; retry later", cause.code, retry_after(None))
     if isinstance(cause, UNAVAILABLE):
         return busy(f"a backend is unavailable ({name}); retry later", "unavailable", retry_after(None))
     # Not the client's fault and not expected: the traceback goes to the log, under the request id.

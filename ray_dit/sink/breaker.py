@@ -1,7 +1,10 @@
 """Circuit breaker of the upload loop. Each failed upload backs off on its own, but with many
 entries waiting their retries still hammer an S3 that is down, burning the CPU the node's GPU
 replica needs. After ``TRIP_AFTER`` failures in a row (any entries) the breaker trips: one probe
-at a time, spaced by a growing backoff, until one lands and everything resumes."""
+at a time, at most ``PROBE_MAX_S`` apart (one small request every two seconds costs S3 and the
+node nothing, and the end of an outage is seen that soon). Any answer from S3 (a data or
+manifest PUT, a HEAD, a read) closes it at once, and the uploads waiting on backoff go out.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import time
 log = logging.getLogger(__name__)
 
 TRIP_AFTER = 3
+PROBE_MAX_S = 2.0  # the longest pause between probes while S3 looks unreachable
 
 
 def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:
@@ -52,13 +56,16 @@ class Breaker:
             self._streak += 1
             over = self._streak - TRIP_AFTER + 1
             if over > 0:
-                self._paused_until = time.monotonic() + self.delay(over)
+                self._paused_until = time.monotonic() + min(self.delay(over), PROBE_MAX_S)
         if over == 1:
             log.warning("S3 looks unreachable: retrying with one probe at a time")
 
-    def succeeded(self) -> None:
+    def succeeded(self) -> bool:
+        """S3 answered; True if the breaker was tripped (then the uploads backing off failed for
+        S3's sake, not their own, and may go now)."""
         with self._lock:
             was_tripped = self.tripped
             self._streak, self._paused_until = 0, 0.0
         if was_tripped:
             log.warning("S3 reachable again: draining the spool")
+        return was_tripped

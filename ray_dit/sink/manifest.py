@@ -7,8 +7,16 @@ the objects): deduplicate on ``key``. Layout under ``root`` (pyarrow ignores '_'
 
     part-<utc>-<id>.parquet   the dataset (read it with pyarrow.dataset.dataset(root))
     _rows/*.json              rows not yet folded into a part
+    _reserved/<entry>.json    space reserved, when an output is spooled, for its row after upload
     _uploaded/<part name>     marker: this part is in S3
     _lock                     flock held by whichever process folds or uploads
+
+The row of an upload must be written when the disk may be full: the spooled outputs that fill it
+can only leave once their rows are logged. So :meth:`Manifest.reserve` allocates the row's file
+when the output is spooled (and fails, like the spool write, while the disk is full), and
+:meth:`Manifest.commit` overwrites those allocated bytes in place and renames the file into
+``_rows/``: neither needs a new data block on tmpfs, ext4 or XFS. (Copy-on-write file systems,
+btrfs and ZFS, allocate on every overwrite: there a full disk can still stall the drain.)
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ray_dit.sink.files import fsync_dir, write_atomic
+from ray_dit.sink.keys import NAME_RE as ENTRY_RE
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +73,7 @@ SCHEMA = pa.schema(
 )
 COLUMNS = tuple(SCHEMA.names)
 _TIME_COLUMNS = ("created", "uploaded")
+RESERVE_SLACK = 512  # bytes beyond the estimate: attempt counts and timings vary in length
 
 
 def _to_timestamp(value: Any) -> datetime | None:
@@ -81,15 +91,16 @@ class Manifest:
         self.root = Path(root).resolve()
         self.batch_rows = batch_rows
         self._rows, self._uploaded = self.root / "_rows", self.root / "_uploaded"
-        for path in (self.root, self._rows, self._uploaded):
+        self._reserved = self.root / "_reserved"
+        for path in (self.root, self._rows, self._uploaded, self._reserved):
             path.mkdir(parents=True, exist_ok=True)
 
     def __repr__(self) -> str:
         return f"Manifest(root={str(self.root)!r})"
 
-    def record(self, row: Mapping[str, Any], *, durable: bool = True) -> None:
-        """Log one row (unknown columns are an error, missing ones are null); ``durable=False``
-        skips the fsyncs, for rows about outputs that are themselves only cached."""
+    @staticmethod
+    def encode_row(row: Mapping[str, Any]) -> bytes:
+        """A row as logged: unknown columns are an error, missing ones are null."""
         unknown = set(row) - set(COLUMNS)
         if unknown:
             raise ValueError(f"manifest row has unknown columns {sorted(unknown)}")
@@ -97,11 +108,74 @@ class Manifest:
         for name in _TIME_COLUMNS:
             stamp = _to_timestamp(clean[name])
             clean[name] = stamp.timestamp() if stamp else None
-        data = json.dumps(clean, sort_keys=True).encode()
-        name = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
-        write_atomic(self._rows / name, data, self._rows, durable=durable)
+        return json.dumps(clean, sort_keys=True).encode()
+
+    @staticmethod
+    def _row_name() -> str:
+        return f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
+
+    def record(self, row: Mapping[str, Any], *, durable: bool = True) -> None:
+        """Log one row; ``durable=False`` skips the fsyncs, for rows about outputs that are
+        themselves only cached."""
+        data = self.encode_row(row)
+        write_atomic(self._rows / self._row_name(), data, self._rows, durable=durable)
         if durable:
             fsync_dir(self._rows)
+
+    def _reservation(self, entry: str) -> Path:
+        if not ENTRY_RE.fullmatch(entry):
+            raise ValueError(f"invalid manifest reservation name {entry!r}")
+        return self._reserved / f"{entry}.json"
+
+    def reserve(self, entry: str, row: Mapping[str, Any]) -> int:
+        """Allocate, durably, the file that will hold the row of spool entry ``entry`` once it is
+        uploaded, sized for ``row`` (the row as far as known) plus slack; returns its size.
+        Raises OSError (ENOSPC) when the disk is full: then the output must not be spooled."""
+        size = len(self.encode_row(row)) + RESERVE_SLACK
+        write_atomic(self._reservation(entry), b" " * size, self._reserved)
+        fsync_dir(self._reserved)
+        return size
+
+    def commit(self, entry: str, row: Mapping[str, Any]) -> None:
+        """Log the row of an uploaded entry into its reserved file, without allocating: the
+        bytes are overwritten in place (JSON allows the trailing spaces) and the file renamed
+        into the row log. Without a reservation that fits (an entry spooled by an older
+        version), a plain :meth:`record`."""
+        data = self.encode_row(row)
+        path = self._reservation(entry)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self.record(row)
+            return
+        try:
+            fits = len(data) <= os.fstat(fd).st_size
+            if fits:
+                os.pwrite(fd, data.ljust(os.fstat(fd).st_size), 0)
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if not fits:
+            self.record(row)
+            self.release(entry)
+            return
+        os.replace(path, self._rows / self._row_name())
+        fsync_dir(self._rows)
+        fsync_dir(self._reserved)
+
+    def release(self, entry: str) -> None:
+        """Drop the reservation of an entry that will never be uploaded (quarantined, or whose
+        spooling failed)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._reservation(entry))
+
+    def reserved_entries(self) -> dict[str, float]:
+        """Entry name -> modification time of every reservation (for the orphan sweep)."""
+        found = {}
+        for path in self._reserved.glob("*.json"):
+            with contextlib.suppress(FileNotFoundError):
+                found[path.stem] = path.stat().st_mtime
+        return found
 
     def pending_rows(self) -> int:
         return sum(1 for p in self._rows.iterdir() if p.suffix == ".json" and not p.name.startswith("."))
@@ -170,6 +244,28 @@ class Manifest:
                 put(part.name, part.read_bytes())
                 (self._uploaded / part.name).touch()
             return len(parts)
+
+    def prune(self, keep_s: float, *, uploaded_only: bool = True) -> int:
+        """Delete parts older than ``keep_s`` (with ``uploaded_only``, only those already in S3:
+        the bucket holds them), and markers whose part is gone; returns how many files went."""
+        removed, now = 0, time.time()
+        with self._locked() as mine:
+            if not mine:
+                return 0
+            for part in self.parts():
+                marker = self._uploaded / part.name
+                if uploaded_only and not marker.exists():
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if now - part.stat().st_mtime > keep_s:
+                        part.unlink()
+                        removed += 1
+            for marker in self._uploaded.iterdir():
+                if not (self.root / marker.name).exists():
+                    with contextlib.suppress(FileNotFoundError):
+                        marker.unlink()
+                        removed += 1
+        return removed
 
     def read(self) -> pa.Table:
         """Every flushed row, as one table (pending rows are not included: call flush first)."""

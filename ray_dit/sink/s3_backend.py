@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from ray_dit.config import StorageSettings
@@ -11,7 +12,7 @@ from ray_dit.sink.backend import Output
 from ray_dit.sink.encode import CONTENT_TYPES
 from ray_dit.sink.manifest import Manifest
 from ray_dit.sink.s3 import S3Bucket, StorageError
-from ray_dit.sink.spool import Spool, SpoolEntry
+from ray_dit.sink.spool import Spool, SpoolEntry, SpoolError
 from ray_dit.sink.uploader import UPLOADED, Uploader
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,13 @@ class S3Backend:
         backoff_base_s: float,
         rescan_s: float,
     ) -> None:
-        self.spool = Spool(settings.spool_dir, settings.spool_max_bytes)
+        self.manifest = manifest
+        self.spool = Spool(
+            settings.spool_dir,
+            settings.spool_max_bytes,
+            counted=(manifest.root,),
+            keep_s=settings.spool_keep_s,
+        )
         self.spool.sweep()
         self.bucket = S3Bucket(settings)
         try:
@@ -50,9 +57,21 @@ class S3Backend:
 
     def put(self, output: Output) -> SpoolEntry:
         # Records keep this shape, so entries spooled by older versions upload the same way.
-        meta = {"content_type": output.content_type, "request_id": output.request_id}
-        meta.update(output_index=output.index, row=output.facts)
-        entry = self.spool.put(output.key, output.data, meta)
+        meta: dict[str, Any] = {"request_id": output.request_id, "output_index": output.index}
+        meta["row"] = output.facts
+        name, size = keys.split_key(output.key)[0], len(output.data)
+        # The row's space first: once spooled, an entry must be able to leave on a full disk.
+        estimate = self.uploader.row(output.key, meta, size, "0" * 32, output.content_type, time.time())
+        estimate.update(uploaded=time.time(), upload_s=0.0, upload_attempts=1)
+        try:
+            self.manifest.reserve(name, estimate)
+        except OSError as exc:
+            raise self.spool.write_failed(exc, size, f"the manifest row of {name}") from None
+        try:
+            entry = self.spool.put(output.key, output.data, {**meta, "content_type": output.content_type})
+        except SpoolError:
+            self.manifest.release(name)
+            raise
         self.uploader.notify(entry)
         return entry
 
@@ -67,6 +86,7 @@ class S3Backend:
         if known is None:
             return None
         data = self.bucket.get(known)
+        self.uploader.s3_answered()
         return None if data is None else (data, CONTENT_TYPES[keys.split_key(known)[1]])
 
     def status(self, key: str) -> str:

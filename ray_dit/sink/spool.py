@@ -10,12 +10,19 @@ Layout under ``root`` (``name`` is ``{request_id}_{index}``)::
     pending/{name}.json    the record; its presence is what makes an entry exist
     locks/{name}.lock      per-entry flock files
     tmp/                   writes in progress
-    quarantine/            entries whose bytes no longer match their MD5
+    quarantine/            entries whose bytes no longer match their MD5 (kept ``keep_s``)
+
+The cap counts every byte under these directories and under ``counted`` ones (the manifest's),
+not only the entries: bookkeeping that grew without bound would fill the disk all the same. A
+full disk is treated like a full spool: the write that hit ENOSPC raises :class:`SpoolFull`
+(nothing is acknowledged), and :meth:`Spool.is_full` stays true until the file system has room
+for that write again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -39,8 +46,17 @@ PUT_LOCK_WAIT_S = 120.0
 
 
 class SpoolError(Unavailable):
-    """The spool could not do what was asked (disk full, I/O error, lock not obtained): nothing
-    finished is lost (the frames are still with the sink's caller), and a retry may succeed."""
+    """The spool could not do what was asked (I/O error, lock not obtained): nothing finished is
+    lost (the frames are still with the sink's caller), and a retry may succeed."""
+
+
+class SpoolFull(SpoolError):
+    """The spool's file system has no room for this output: come back once uploads freed some."""
+
+    code = "spool_full"
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass(frozen=True)
@@ -89,17 +105,29 @@ class Claim(contextlib.AbstractContextManager):
 class Spool:
     """A directory of entries with a byte cap; safe for several threads and processes."""
 
-    def __init__(self, root: str | os.PathLike[str], max_bytes: int, *, scan_interval_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        max_bytes: int,
+        *,
+        scan_interval_s: float = 0.5,
+        counted: tuple[str | os.PathLike[str], ...] = (),
+        keep_s: float = 86400.0,
+    ) -> None:
         self.root = Path(root).resolve()
         self.max_bytes = int(max_bytes)
+        self.keep_s = keep_s
         self._scan_interval_s = scan_interval_s
         self._pending, self._locks = self.root / "pending", self.root / "locks"
         self._tmp, self._quarantine = self.root / "tmp", self.root / "quarantine"
         for path in (self._pending, self._locks, self._tmp, self._quarantine):
             path.mkdir(parents=True, exist_ok=True)
+        own = (self._pending, self._locks, self._tmp, self._quarantine)
+        self._counted = own + tuple(Path(path).resolve() for path in counted)
         self._mutex = threading.Lock()
         self._bytes_cache: int | None = None
         self._bytes_at = 0.0
+        self._short_of = 0  # bytes a write lacked when the disk was full; 0 while it is not
 
     def __repr__(self) -> str:
         return f"Spool(root={str(self.root)!r}, max_bytes={self.max_bytes})"
@@ -134,11 +162,21 @@ class Spool:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(old.data_path)
         except OSError as exc:
-            raise SpoolError(f"could not write spool entry {name}: {exc.strerror or exc}") from None
+            raise self.write_failed(exc, len(data) + len(encoded), f"spool entry {name}") from None
         finally:
             claim.release()
         self._account(None if old is not None else len(data) + len(encoded))
         return self._entry_from_record(record)
+
+    def write_failed(self, exc: OSError, needed: int, what: str) -> SpoolError:
+        """The error for a failed write of ``needed`` bytes: :class:`SpoolFull` when the disk is
+        full (remembered, so :meth:`is_full` says so until there is room again)."""
+        if exc.errno in _DISK_FULL:
+            with self._mutex:
+                self._short_of = max(self._short_of, needed)
+            log.warning("the spool's disk is full (writing %s, %d bytes)", what, needed)
+            return SpoolFull("the output spool's disk is full")
+        return SpoolError(f"could not write {what}: {exc.strerror or exc}")
 
     def _load(self, meta_path: Path) -> SpoolEntry | None:
         try:
@@ -243,10 +281,17 @@ class Spool:
         self._quarantine_files(entry.data_path, entry.meta_path)
         self._account(None)
 
+    def quarantined(self, name: str) -> bool:
+        """Whether entry ``name`` was quarantined (by any process) within ``keep_s``."""
+        self._path(self._quarantine, name, "json")  # validates the name before it meets a glob
+        return any(self._quarantine.glob(f"{name}.*"))
+
     def _quarantine_files(self, *paths: Path) -> None:
         for path in paths:
+            target = self._quarantine / f"{path.name}.{int(time.time())}"
             with contextlib.suppress(FileNotFoundError):
-                os.replace(path, self._quarantine / f"{path.name}.{int(time.time())}")
+                os.replace(path, target)
+                os.utime(target)  # kept ``keep_s`` from now, not from when it was spooled
 
     def _account(self, change: int | None) -> None:
         """Apply a known change to the cached byte count; None forgets it (the next read rescans)."""
@@ -257,23 +302,39 @@ class Spool:
                 self._bytes_cache = max(self._bytes_cache + change, 0)
 
     def used_bytes(self) -> int:
-        """Bytes held by entries (all processes), rescanned at most every ``scan_interval_s``."""
+        """Bytes of every file the spool and its counted directories hold (all processes),
+        rescanned at most every ``scan_interval_s``."""
         with self._mutex:
             fresh = time.monotonic() - self._bytes_at < self._scan_interval_s
             if self._bytes_cache is not None and fresh:
                 return self._bytes_cache
-        total = 0
-        with os.scandir(self._pending) as scan:
-            for item in scan:
-                with contextlib.suppress(FileNotFoundError):
-                    total += item.stat().st_size
+        total = sum(_tree_bytes(path) for path in self._counted)
         with self._mutex:
             self._bytes_cache, self._bytes_at = total, time.monotonic()
         return total
 
+    def disk_short(self) -> bool:
+        """True while the file system lacks the room a write lacked when it hit a full disk."""
+        with self._mutex:
+            needed = self._short_of
+        if not needed:
+            return False
+        try:
+            info = os.statvfs(self.root)
+            free = info.f_bavail * info.f_frsize
+        except OSError:
+            return True
+        if free >= 2 * needed + 64 * 1024:  # room for it, its record and the next few
+            with self._mutex:
+                self._short_of = 0
+            log.warning("the spool's disk has room again")
+            return False
+        return True
+
     def is_full(self) -> bool:
-        """True once the spool holds ``max_bytes`` or more: the ingress should refuse new work."""
-        return self.used_bytes() >= self.max_bytes
+        """True once the spool holds ``max_bytes`` or more, or its disk is full: the ingress
+        should refuse new work."""
+        return self.disk_short() or self.used_bytes() >= self.max_bytes
 
     def stats(self) -> dict[str, Any]:
         """``spool_bytes``, ``spool_entries`` and ``oldest_age_s`` (from file times: no record reads)."""
@@ -285,8 +346,10 @@ class Spool:
         return {"spool_bytes": self.used_bytes(), "spool_entries": len(names), "oldest_age_s": age}
 
     def sweep(self) -> int:
-        """Remove leftovers of crashed writers: stale temp files and bytes without a record."""
-        removed = remove_stale(self._tmp)
+        """Remove leftovers: stale temp files and bytes without a record (crashed writers), lock
+        files of entries that are gone, and quarantined files older than ``keep_s``."""
+        removed = remove_stale(self._tmp) + remove_stale(self._quarantine, self.keep_s)
+        removed += self._sweep_locks()
         now = time.time()
         for path in self._pending.iterdir():
             if path.suffix == ".json" or not keys.NAME_RE.fullmatch(path.stem):
@@ -302,3 +365,34 @@ class Spool:
         if removed:
             self._account(None)
         return removed
+
+    def _sweep_locks(self) -> int:
+        """Unlink the lock files of entries that no longer exist (under the lock, so nobody
+        holds a lock on a file that is dropped)."""
+        removed = 0
+        for path in self._locks.glob("*.lock"):
+            name = path.stem
+            if not keys.NAME_RE.fullmatch(name) or (self._pending / f"{name}.json").exists():
+                continue
+            claim = self.claim(name)
+            if claim is None:
+                continue
+            if (self._pending / f"{name}.json").exists():
+                claim.release()
+            else:
+                claim.release(unlink=True)
+                removed += 1
+        return removed
+
+
+def _tree_bytes(root: Path) -> int:
+    """Bytes of the regular files under ``root`` (files vanishing meanwhile are skipped)."""
+    total = 0
+    with contextlib.suppress(FileNotFoundError), os.scandir(root) as scan:
+        for item in scan:
+            with contextlib.suppress(FileNotFoundError):
+                if item.is_dir(follow_symlinks=False):
+                    total += _tree_bytes(Path(item.path))
+                elif item.is_file(follow_symlinks=False):
+                    total += item.stat(follow_symlinks=False).st_size
+    return total
