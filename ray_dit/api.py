@@ -110,7 +110,10 @@ class Timings:
     spool_s: float = 0.0
     """Sink: writing the encoded outputs to the spool (the durable acknowledgement)."""
     store_s: float = 0.0
-    """Sink: the whole store call (encode, spool and the bounded wait for cloud URLs)."""
+    """Sink: the whole store call (encode and spool: the acknowledgement)."""
+    url_wait_s: float = 0.0
+    """Ingress: the bounded wait for cloud URLs after the store acknowledged (``url`` responses
+    and video jobs with S3 on; 0 otherwise). Before, ``store_s`` included it."""
     request_s: float = 0.0
     """Ingress: the whole request (a video job: from its creation to its end)."""
 

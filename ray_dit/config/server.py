@@ -48,6 +48,12 @@ class ServerSettings:
 
     api_key: SecretStr | None = secret_from_env("RAY_DIT_API_KEY")  # noqa: RUF009 (a field())
     """When set, every route but /health needs ``Authorization: Bearer <key>``; unset = open."""
+    url_signing_key: SecretStr | None = secret_from_env("RAY_DIT_URL_SIGNING_KEY")  # noqa: RUF009
+    """Secret that signs the ``/content`` URLs the API hands out (with the API key set), so a
+    browser can fetch them without the key; unset = derived from ``RAY_DIT_API_KEY``, so every
+    replica with the same environment agrees (``serve/signing.py``)."""
+    content_url_ttl_s: int = from_env("RAY_DIT_CONTENT_URL_TTL_S", int_at_least(1), 3600)
+    """Lifetime of a signed ``/content`` URL: an hour, like ``RAY_DIT_S3_PRESIGN_TTL_S``'s default."""
     limits: ServeLimits = field(default_factory=ServeLimits)
     """Per-request limits: environment, then the builder's ``args.limits``."""
     retry_after_s: int = from_env("RAY_DIT_RETRY_AFTER_S", int_at_least(1), 2)
@@ -58,7 +64,8 @@ class ServerSettings:
     """A running video job nobody reported on for this long (its ingress died) is failed."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "api_key", as_secret(self.api_key))  # a plain str never stays bare
+        for name in ("api_key", "url_signing_key"):  # a plain str never stays bare
+            object.__setattr__(self, name, as_secret(getattr(self, name)))
 
     @property
     def job_heartbeat_s(self) -> float:

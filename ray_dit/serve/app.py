@@ -108,10 +108,14 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     return compose(parse_args(args))
 
 
-def compose(cfg: AppArgs, *, dit_class: type | None = None) -> Application:
+def compose(
+    cfg: AppArgs, *, dit_class: type | None = None, ingress_env: dict[str, str] | None = None
+) -> Application:
     """The app for validated ``cfg``. ``dit_class`` replaces the DiT replica's class (a subclass of
     ``DiTDeployment``'s); it exists for benchmarks that stand in for an accelerator, and cannot
-    come from a config file.
+    come from a config file. ``ingress_env`` adds environment variables for the ingress replicas
+    only (tests run an app with ``RAY_DIT_API_KEY`` on a shared cluster this way); a deployment
+    sets them in its process or pod environment, never in a config file.
     """
     given = cfg.model_fields_set
 
@@ -134,7 +138,11 @@ def compose(cfg: AppArgs, *, dit_class: type | None = None) -> Application:
     ).bind(cfg.model, cfg.device, cfg.dtype, jobs, sink)
     # The DiT replica count sizes Retry-After; under autoscaling it is unknown, and 1 errs long.
     dit_replicas = cfg.dit_replicas if "dit_replicas" in given else 1
-    return Ingress.options(**replicas("ingress_replicas")).bind(
+    ingress_options: dict[str, Any] = replicas("ingress_replicas")
+    if ingress_env:
+        actor = dict(Ingress.ray_actor_options or {})
+        ingress_options["ray_actor_options"] = {**actor, "runtime_env": {"env_vars": dict(ingress_env)}}
+    return Ingress.options(**ingress_options).bind(
         dit, sink, jobs, cfg.model, cfg.served_model_name, cfg.limits or None, dit_replicas
     )
 

@@ -27,6 +27,7 @@ from ray_dit.serve.types import ResultMeta, StoreReply
 logger = logging.getLogger("ray.serve")
 
 STATS_INTERVAL_S = 5.0
+URL_WAIT_THREADS = 16  # = max_ongoing_requests below
 
 
 def lower_priority(nice: int) -> None:
@@ -64,6 +65,9 @@ class FrameSinkDeployment:
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sink")
         self._reads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sink-read")
         self._read_slots = asyncio.Semaphore(threads)  # reads beyond the threads are refused
+        # URL waits (mostly asleep, up to RAY_DIT_S3_URL_WAIT_S each) have threads of their own
+        # too, one per request this replica takes at once: they never hold a store or a read.
+        self._url_waits = ThreadPoolExecutor(max_workers=URL_WAIT_THREADS, thread_name_prefix="sink-url")
         self._stats_task: asyncio.Task | None = None
 
     async def _stats_loop(self) -> None:
@@ -84,7 +88,10 @@ class FrameSinkDeployment:
         include_data: bool = False,
         wait_url: bool = False,
     ) -> StoreReply:
-        """Store every output of ``result``; optionally wait (bounded) for cloud URLs."""
+        """Store every output of ``result``: the answer is the acknowledgement (spooled, or in the
+        local store). The ingress asks for cloud URLs in a second call (``wait_urls``), so this
+        replica dying during that wait cannot fail a stored request; ``wait_url`` (wait here,
+        bounded) is for callers that want one call."""
         loop = asyncio.get_running_loop()
         if self._stats_task is None:
             self._stats_task = loop.create_task(self._stats_loop())
@@ -103,13 +110,25 @@ class FrameSinkDeployment:
             raise
         except ValueError as exc:
             raise InvalidRequest(str(exc), "output_format") from None
-        timings = dataclasses.replace(  # the sink's own fields; store_s includes the URL wait
+        timings = dataclasses.replace(  # the sink's own fields
             result.timings,
             encode_s=sum(o.encode_s for o in outputs),
             spool_s=sum(o.spool_s for o in outputs),
             store_s=time.perf_counter() - started,
         )
-        return StoreReply(outputs=outputs, meta=ResultMeta.of(result, timings))
+        url_wait_s = self.sink.settings.url_wait_s if self.sink.s3_enabled else 0.0
+        return StoreReply(outputs=outputs, meta=ResultMeta.of(result, timings), url_wait_s=url_wait_s)
+
+    async def wait_urls(self, keys: list[str], timeout_s: float) -> list[str | None]:
+        """The cloud URL of each key once S3 confirmed it, waiting at most ``timeout_s`` in all;
+        None for a key not uploaded by then (the caller answers with its content URL). Any replica
+        can answer for any key: the spool on the node is the truth, else S3 is asked."""
+        deadline = time.monotonic() + max(0.0, timeout_s)
+
+        def wait_all() -> list[str | None]:
+            return [self.sink.wait_url(key, max(0.0, deadline - time.monotonic())) for key in keys]
+
+        return await asyncio.get_running_loop().run_in_executor(self._url_waits, wait_all)
 
     async def content(
         self, request_id: str, index: int = 0, key: str | None = None
@@ -134,6 +153,10 @@ class FrameSinkDeployment:
 
     def is_full(self) -> bool:
         return self.sink.is_full()
+
+    def space(self) -> tuple[int, int, bool]:
+        """(bytes spooled, the cap, refusing?): what the ingress's admission budgets with."""
+        return self.sink.space()
 
     def stats(self) -> dict[str, Any]:
         stats = self.sink.stats()

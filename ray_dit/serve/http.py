@@ -25,6 +25,7 @@ from ray_dit.config import ServerSettings, server_from_env
 from ray_dit.serve import metrics
 from ray_dit.serve.compat import cache_body
 from ray_dit.serve.errors import ApiError, error_body, to_api_error
+from ray_dit.serve.signing import EXPIRES, SIGNATURE, SignatureRefused, UrlSigner, image_output
 
 logger = logging.getLogger("ray.serve")
 
@@ -69,7 +70,7 @@ app.add_middleware(_RequestMetrics)
 
 
 def _error_response(err: ApiError) -> JSONResponse:
-    if err.status in (401, 413, 503) or err.code in ("invalid_value", "invalid_json"):
+    if err.status in (401, 403, 413, 503) or err.code in ("invalid_value", "invalid_json"):
         with contextlib.suppress(Exception):
             metrics.rejected_total().inc(tags={"reason": err.code or str(err.status)})
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
@@ -124,13 +125,44 @@ def configured_api_key() -> SecretStr | None:
     return edge_settings().api_key
 
 
+def edge_signer() -> UrlSigner | None:
+    """The signer of this process's content URLs (None while auth is off); from the settings read
+    once, so it follows ``edge_settings.cache_clear()``."""
+    return UrlSigner.from_settings(edge_settings())
+
+
+def _signed_output(request: Request) -> tuple[str, int] | None:
+    """The output a signed content URL names: (output id, index) on the two ``/content`` routes
+    when the query carries a signature or an expiry; None otherwise (the bearer key is needed)."""
+    query = request.query_params
+    if EXPIRES not in query and SIGNATURE not in query:
+        return None
+    template = getattr(request.scope.get("route"), "path", None)
+    if template == "/v1/images/{image_id}/content":
+        return image_output(request.path_params.get("image_id", "")) or ("", 0)  # "" never verifies
+    if template == "/v1/videos/{video_id}/content":
+        return request.path_params.get("video_id", ""), 0
+    return None
+
+
 def require_api_key(request: Request) -> None:
     """401 unless auth is off or the bearer token matches ``RAY_DIT_API_KEY``.
 
-    A dependency of the whole ``/v1`` router, so a new route cannot forget it.
+    A dependency of the whole ``/v1`` router, so a new route cannot forget it. The one exception:
+    a ``/content`` route asked without an Authorization header but with a signed URL's query is
+    let through when the signature is valid and unexpired, else refused with 403
+    (``serve/signing.py`` says why).
     """
     key = configured_api_key()
     if not key:
+        return
+    output = _signed_output(request) if "authorization" not in request.headers else None
+    signer = edge_signer() if output is not None else None
+    if signer is not None and output is not None:
+        try:
+            signer.verify(*output, request.query_params)
+        except SignatureRefused as refused:
+            raise ApiError(403, refused.message, param=SIGNATURE, code=refused.code) from None
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

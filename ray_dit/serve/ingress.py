@@ -39,12 +39,12 @@ from ray_dit.serve.schemas import (
     parse_body,
     video_request,
 )
+from ray_dit.serve.signing import UrlSigner, image_output
 from ray_dit.serve.types import GenerationOutput, ModelInfo, StoreReply
 
 logger = logging.getLogger("ray.serve")
 
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9-]{1,100}_[0-9a-f]{8,64}$")
-IMAGE_ID_RE = re.compile(r"^(?P<rid>img_[0-9a-f]{8,64})_(?P<index>[0-9]{1,4})$")
 ADMIT_WAIT_S = 0.2  # a video job waits this long for a DiT slot, so a full queue is still a 503
 MODEL_INFO_WAIT_S = 5.0
 MAX_PAGE = 100  # jobs per page of GET /v1/videos (OpenAI's limit)
@@ -69,6 +69,9 @@ class Ingress:
         self.served_model_name = served_model_name or model
         self.model_names = {model, self.served_model_name}
         self.settings = server_from_env(limit_overrides=limits)
+        #: Signs the content URLs handed out while auth is on; the ``/v1`` router's dependency
+        #: checks them with a signer built from the same environment (``http.edge_signer``).
+        self.signer = UrlSigner.from_settings(self.settings)
         self.backlog = Backlog(self.settings.retry_after_s, dit_replicas)
         self.spool = SpoolWatch(self.sink, self.backlog.retry_after_s)
         self.readiness = Readiness()
@@ -117,7 +120,8 @@ class Ingress:
         except Exception as exc:
             raise to_api_error(exc, generation.request.request_id, self.backlog.retry_after_s) from None
         self.backlog.observe(reply.meta.timings.replica_s)
-        return reply
+        # Acknowledged: from here on the request succeeds, with or without cloud URLs.
+        return await generation.add_urls(reply)
 
     def _base_url(self, request: Request) -> str:
         return self.settings.public_base_url or str(request.base_url).rstrip("/")
@@ -129,22 +133,23 @@ class Ingress:
         body = parse_body(ImageGenerationBody, await read_json(request, self.settings.limits.max_body_bytes))
         self._check_model(body.model)
         req = image_request(body, f"img_{uuid.uuid4().hex}", self.settings.limits, await self._model_info())
-        self.spool.admit()
+        reservation = await self.spool.admit(req)
         b64 = body.response_format == "b64_json"
         started = time.perf_counter()
-        generation = self._generation(req, include_data=b64, wait_url=not b64)
+        generation = self._generation(req, include_data=b64, wait_url=not b64, on_stored=reservation.release)
         reply = await self._run(generation)
+        base = self._base_url(request)
         answer = responses.image_response(
-            reply, generation, started, self.served_model_name, self._base_url(request), b64
+            reply, generation, started, self.served_model_name, base, b64, self.signer
         )
         return JSONResponse(answer)
 
     @v1.get("/images/{image_id}/content")
     async def image_content(self, image_id: str, key: str | None = None) -> Response:
-        match = IMAGE_ID_RE.match(image_id)
-        if not match:
+        output = image_output(image_id)
+        if output is None:
             raise ApiError(404, f"no image with id {image_id!r}", param="image_id", code="not_found")
-        return await self._content(match["rid"], int(match["index"]), f"image {image_id!r}", key=key)
+        return await self._content(*output, f"image {image_id!r}", key=key)
 
     async def _content(
         self, request_id: str, index: int, what: str, fallback_url: str | None = None, key: str | None = None
@@ -181,10 +186,14 @@ class Ingress:
         info = await self._model_info()
         job_id = f"video_{uuid.uuid4().hex}"
         req = video_request(body, job_id, self.settings.limits, info)
-        self.spool.admit()
+        reservation = await self.spool.admit(req)
         job = job_runner.job_record(job_id, self.served_model_name, req, body.seconds, info)
-        await self.jobs.create.remote(job)
-        generation = self._generation(req, job_id=job_id)
+        try:
+            await self.jobs.create.remote(job)
+        except BaseException:
+            reservation.release()
+            raise
+        generation = self._generation(req, job_id=job_id, wait_url=True, on_stored=reservation.release)
         generation.start()
         refused = await generation.admitted(ADMIT_WAIT_S)
         if refused is not None:  # a full queue, or input only the engine could refuse
@@ -204,20 +213,28 @@ class Ingress:
             raise ApiError(404, f"no video with id {video_id!r}", param="video_id", code="not_found")
         return job
 
+    def _shown(self, job: dict[str, Any], request: Request) -> dict[str, Any]:
+        """A job as clients see it: a completed one without a cloud URL shows this server's content
+        URL, signed at each look (so a poll never returns an expired one)."""
+        if job.get("status") != "completed" or job.get("url"):
+            return job
+        return {**job, "url": responses.video_content_url(self._base_url(request), job["id"], self.signer)}
+
     @v1.get("/videos/{video_id}")
-    async def videos_retrieve(self, video_id: str) -> JSONResponse:
-        job = await self._job(video_id)
+    async def videos_retrieve(self, video_id: str, request: Request) -> JSONResponse:
+        job = self._shown(await self._job(video_id), request)
         return JSONResponse(job, headers={"openai-poll-after-ms": job_runner.POLL_AFTER_MS})
 
     @v1.get("/videos")
     async def videos_list(
-        self, limit: int = 20, after: str | None = None, order: str = "desc"
+        self, request: Request, limit: int = 20, after: str | None = None, order: str = "desc"
     ) -> JSONResponse:
         if order not in ("asc", "desc"):
             raise invalid("order", f"order={order!r}: must be asc or desc")
         if not 1 <= limit <= MAX_PAGE:
             raise invalid("limit", f"limit={limit}: must be between 1 and {MAX_PAGE}")
         page, has_more = await self.jobs.list.remote(limit, after, order)
+        page = [self._shown(job, request) for job in page]
         return JSONResponse(
             {
                 "object": "list",
@@ -286,10 +303,11 @@ class Ingress:
         """
         try:
             req = await self._handle_request(prompt, params)
+            reservation = await self.spool.admit(req)
         except ApiError as err:
             raise as_handle_error(err) from None
         started = time.perf_counter()
-        generation = self._generation(req, wait_url=True)
+        generation = self._generation(req, wait_url=True, on_stored=reservation.release)
         try:
             reply = await self._run(generation)
         except ApiError as err:
@@ -308,7 +326,6 @@ class Ingress:
             body = parse_body(ImageGenerationBody, params)
             req = image_request(body, f"img_{uuid.uuid4().hex}", self.settings.limits, info)
         self._check_model(body.model)
-        self.spool.admit()
         return req
 
 

@@ -52,12 +52,17 @@ def job_record(
 async def run_to_end(
     generation: Generation, jobs: DeploymentHandle, job_id: str, heartbeat_s: float, backlog: Backlog
 ) -> None:
-    """Wait for the job's generation while telling the store it is alive, then record the end."""
+    """Wait for the job's generation while telling the store it is alive, then record the end.
+    Once the sink acknowledged the MP4 the job completes, with the cloud URL if S3 confirmed the
+    upload within the sink's URL wait (else none: the ingress shows its own content URL)."""
     assert generation.task is not None
     started = time.perf_counter()
     try:
         await _keep_alive(generation.task, jobs, job_id, heartbeat_s)
         reply: StoreReply = await generation.task
+        urls = asyncio.ensure_future(generation.add_urls(reply))  # never fails: the MP4 is stored
+        await _keep_alive(urls, jobs, job_id, heartbeat_s)
+        await urls
     except BaseException as exc:
         err = to_api_error(exc, job_id, backlog.retry_after_s) if isinstance(exc, Exception) else None
         error = {"code": err.code or "failed", "message": err.message} if err else None

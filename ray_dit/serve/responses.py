@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 
 from ray_dit.api import StoredOutput
 from ray_dit.serve.generation import Generation
+from ray_dit.serve.signing import UrlSigner
 from ray_dit.serve.types import GenerationOutput, StoreReply
 
 
@@ -23,24 +24,42 @@ def final_timings(reply: StoreReply, generation: Generation, started: float) -> 
     return dataclasses.replace(
         timings,
         queue_s=timings.queue_s + generation.routing_wait_s,
+        url_wait_s=generation.url_wait_s,
         request_s=time.perf_counter() - started,
     ).as_dict()
 
 
-def content_url(base: str, out: StoredOutput) -> str:
-    """This server's URL for an output; with S3 on it carries the key, so any sink can fetch it."""
+def content_url(base: str, out: StoredOutput, signer: UrlSigner | None = None) -> str:
+    """This server's URL for an image output. With S3 on it carries the key, so any sink can fetch
+    it; with auth on it is signed, so it works without the bearer key (``serve/signing.py``)."""
+    query = {"key": out.key} if out.storage == "s3" else {}
+    if signer is not None:
+        query.update(signer.sign(out.request_id, out.index, query.get("key")))
     url = f"{base}/v1/images/{out.request_id}_{out.index}/content"
-    return url + "?" + urlencode({"key": out.key}) if out.storage == "s3" else url
+    return url + "?" + urlencode(query) if query else url
+
+
+def video_content_url(base: str, job_id: str, signer: UrlSigner | None = None) -> str:
+    """This server's URL for a video job's MP4 (the route finds the key in the job), signed like
+    :func:`content_url`."""
+    url = f"{base}/v1/videos/{job_id}/content"
+    return url + "?" + urlencode(signer.sign(job_id, 0)) if signer is not None else url
 
 
 def image_response(
-    reply: StoreReply, generation: Generation, started: float, model: str, base_url: str, b64: bool
+    reply: StoreReply,
+    generation: Generation,
+    started: float,
+    model: str,
+    base_url: str,
+    b64: bool,
+    signer: UrlSigner | None = None,
 ) -> dict:
     """OpenAI's ImagesResponse plus ray_dit's extras (id, seed, steps, timings, cache)."""
     if b64:
         data = [{"b64_json": base64.b64encode(out.data or b"").decode("ascii")} for out in reply.outputs]
     else:
-        data = [{"url": out.url or content_url(base_url, out)} for out in reply.outputs]
+        data = [{"url": out.url or content_url(base_url, out, signer)} for out in reply.outputs]
     meta = reply.meta
     return {
         "created": int(time.time()),

@@ -64,6 +64,9 @@ class StoreReply:
 
     outputs: list[StoredOutput]
     meta: ResultMeta
+    #: How long a caller may wait for the cloud URLs (``wait_urls``): the sink's
+    #: ``RAY_DIT_S3_URL_WAIT_S`` with S3 on, 0 with S3 off (there never is one).
+    url_wait_s: float = 0.0
 
 
 @dataclass
@@ -71,7 +74,8 @@ class GenerationOutput:
     """What ``handle.generate.remote(...).result()`` returns in a notebook.
 
     ``images`` (PIL) and ``frames`` (uint8 ``[n, frames, H, W, 3]``) are fetched from the object
-    store on first use; ``urls`` are the cloud URLs when storage is on (None otherwise).
+    store on first use; ``urls`` are the cloud URLs of the outputs S3 confirmed within
+    ``RAY_DIT_S3_URL_WAIT_S`` (None for the others, and always with S3 off: ``keys`` name them).
     """
 
     id: str

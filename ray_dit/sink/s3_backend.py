@@ -101,6 +101,9 @@ class S3Backend:
     def is_full(self) -> bool:
         return self.spool.is_full()
 
+    def space(self) -> tuple[int, int, bool]:
+        return self.spool.used_bytes(), self.spool.max_bytes, self.spool.is_full()
+
     def stats(self) -> dict[str, Any]:
         return {**self.spool.stats(), **self.uploader.stats()}
 

@@ -201,6 +201,10 @@ class FrameSink(contextlib.AbstractContextManager):
         """True when the spool reached its cap: refuse new work (503 + Retry-After) until it drains."""
         return self._backend.is_full()
 
+    def space(self) -> tuple[int, int, bool]:
+        """(bytes the spool holds, its cap, whether it refuses new work): admission's budget."""
+        return self._backend.space()
+
     def stats(self) -> dict[str, Any]:
         """Numbers for metrics and /health: spool bytes and age, uploads, retries."""
         return {
