@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 def model_specs() -> list[ModelSpec]:
     """Every demo model (the ``ray_dit.models`` entry point)."""
+    from ray_dit.demo import zoo
     from ray_dit.demo.random_models import SPECS
     from ray_dit.demo.shapes_model import SPEC
 
-    return [SPEC, *SPECS]
+    return [SPEC, *SPECS, *zoo.specs()]

@@ -15,17 +15,15 @@ from ray_dit.api import GenerationRequest, GenerationResult, Timings
 from ray_dit.config import CacheDitSettings, cache_dit_from_env
 from ray_dit.config.cache_dit import knob_variable
 from ray_dit.engine.cache import CacheDitController
+from ray_dit.engine.cfg_probe import CfgProbe
 from ray_dit.engine.loader import call_parameters, is_video_pipeline, load_pipeline
 from ray_dit.engine.registry import ModelDefaults
 from ray_dit.errors import ConfigError, InvalidRequest, RequestCancelled
 
 StepCallback = Callable[[int, int], None]
+# The call arguments that decide CFG; a request that leaves one out gets the pipeline's default.
+_CFG_FIELDS = ("guidance_scale", "true_cfg_scale")
 CancelCheck = Callable[[], bool]
-
-# Pipelines that run classifier-free guidance as two transformer calls per step (cond, uncond)
-# and when they do it. cache-dit must know, or it counts each call as a step.
-_TRUE_CFG_PREFIXES = ("Flux", "QwenImage", "Chroma")
-_GUIDANCE_CFG_PREFIXES = ("Wan", "HunyuanVideo15", "CogView4", "Cosmos", "SkyReelsV2", "Lumina2")
 
 
 @dataclass(frozen=True)
@@ -61,6 +59,8 @@ class Engine:
         self.kind = "video" if is_video_pipeline(self.pipe) else "image"
         self._params = call_parameters(self.pipe)
         self._cache = CacheDitController(self.pipe)
+        #: Transformer calls per step, per CFG setting, measured on the pipeline (cfg_probe.py).
+        self.cfg = CfgProbe(self.pipe, self._params, self.options.size_multiple)
         problems = self._cache.block_problems(self.cache_settings, knob_variable)
         if problems:
             raise ConfigError(problems)
@@ -117,19 +117,13 @@ class Engine:
         """The environment's cache settings with the request's (already parsed) overrides."""
         return self.cache_settings.with_overrides(request.cache)
 
-    def _runs_separate_cfg(self, request: GenerationRequest) -> bool:
-        name = type(self.pipe).__name__
-        if name.startswith(_TRUE_CFG_PREFIXES) and "true_cfg_scale" in self._params:
-            scale = request.true_cfg_scale
-            if scale is None:
-                scale = float(self._params["true_cfg_scale"].default)
-            return scale > 1 and request.negative_prompt is not None
-        if name.startswith(_GUIDANCE_CFG_PREFIXES) and "guidance_scale" in self._params:
-            scale = request.guidance_scale
-            if scale is None:
-                scale = float(self._params["guidance_scale"].default)
-            return scale > 1
-        return False
+    def _runs_separate_cfg(self, settings: CacheDitSettings, kwargs: dict[str, Any]) -> bool:
+        """Whether CFG runs as two transformer calls per step (cache-dit must know). Measured on
+        the pipeline once per CFG setting; not needed while cache-dit is neither on nor mounted."""
+        if not (settings.enabled or self._cache.mounted):
+            return False
+        full = {n: p.default for n, p in self._params.items() if n in _CFG_FIELDS and p.default is not p.empty}
+        return self.cfg.calls_per_step({**full, **kwargs}) > 1
 
     def _call_kwargs(self, request: GenerationRequest) -> dict[str, Any]:
         gen_device = "cpu" if self.device == "mps" else self.device
@@ -171,7 +165,6 @@ class Engine:
         when ``should_cancel`` turns true (checked after every step)."""
         request = self.resolve(request)
         settings = self.settings_for(request)
-        separate_cfg = self._runs_separate_cfg(request)
         kwargs = self._call_kwargs(request)
         steps = int(request.num_inference_steps or 0)
         hook = _StepHook(steps, on_step, should_cancel)
@@ -180,7 +173,7 @@ class Engine:
         t_arrive = time.perf_counter()
         with self._lock:
             t_start = time.perf_counter()
-            plan = self._cache.plan(settings, steps, separate_cfg)
+            plan = self._cache.plan(settings, steps, self._runs_separate_cfg(settings, kwargs))
             self._cache.prepare(plan)
             with torch.inference_mode():
                 output = self.pipe(**kwargs)

@@ -43,6 +43,9 @@ class ModelDefaults:
         }
 
 
+TASKS = ("image", "video", "edit", "image-to-video")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One built-in model: ``build()`` returns its diffusers pipeline in float32 on the CPU."""
@@ -51,6 +54,10 @@ class ModelSpec:
     build: Callable[[], Any]
     defaults: ModelDefaults
     description: str = ""
+    #: The architecture family (``flux``, ``wan``, ``qwen-image``, ...): what docs/models.md lists.
+    family: str = ""
+    #: What a request gets: one of :data:`TASKS`.
+    task: str = "image"
 
 
 _specs: dict[str, ModelSpec] = {}
