@@ -70,7 +70,9 @@ def test_cache_dit_is_told_the_measured_mode_and_each_setting_is_probed_once() -
     engine.cache_settings = cache_dit_from_env({"SGLANG_CACHE_DIT_ENABLED": "true"})
     told = []
     plan = engine._cache.plan
-    engine._cache.plan = lambda settings, steps, separate: told.append(separate) or plan(settings, steps, separate)
+    engine._cache.plan = lambda settings, steps, separate: (
+        told.append(separate) or plan(settings, steps, separate)
+    )
     cache = parse_overrides(True, {"residual_diff_threshold": 0.9})
     base = GenerationRequest(prompt="a red circle", seed=0, num_inference_steps=STEPS, cache=cache)
     engine.generate(base)

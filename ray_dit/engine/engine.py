@@ -122,7 +122,9 @@ class Engine:
         the pipeline once per CFG setting; not needed while cache-dit is neither on nor mounted."""
         if not (settings.enabled or self._cache.mounted):
             return False
-        full = {n: p.default for n, p in self._params.items() if n in _CFG_FIELDS and p.default is not p.empty}
+        full = {
+            n: p.default for n, p in self._params.items() if n in _CFG_FIELDS and p.default is not p.empty
+        }
         return self.cfg.calls_per_step({**full, **kwargs}) > 1
 
     def _call_kwargs(self, request: GenerationRequest) -> dict[str, Any]:
