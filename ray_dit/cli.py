@@ -45,7 +45,32 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     gen.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
     gen.add_argument("--json", action="store_true", help="print timings and cache stats as JSON")
+    models = sub.add_parser(
+        "models",
+        help="list the built-in models",
+        description="List every built-in model id: family, task, pipeline and sampling defaults. "
+        "With --probe each is built on the CPU and its CFG calls per step are measured.",
+    )
+    models.add_argument("--probe", action="store_true", help="build each model and measure its CFG mode")
+    models.add_argument("--json", action="store_true", help="one JSON object per model")
     return parser
+
+
+def _models(args: argparse.Namespace) -> int:
+    from ray_dit.engine.catalog import describe, table
+    from ray_dit.engine.registry import registered
+
+    rows = []
+    for spec in registered():
+        if args.probe:
+            print(f"building {spec.id} ...", file=sys.stderr)
+        rows.append(describe(spec, probe=args.probe))
+    if args.json:
+        for row in rows:
+            print(json.dumps(row.as_dict(), sort_keys=True))
+    else:
+        print(table(rows))
+    return 0
 
 
 def _outputs(path: Path, n: int) -> list[Path]:
@@ -146,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return _generate(args)
+        if args.command == "models":
+            return _models(args)
     except (ConfigError, ValueError) as exc:
         print(f"ray-dit: error: {exc}", file=sys.stderr)
         return 2

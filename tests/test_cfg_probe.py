@@ -55,9 +55,7 @@ CASES = [
 def test_the_probe_counts_what_a_request_runs(model: str, fields: dict[str, Any], expected: int) -> None:
     engine = _engine(model)
     request = GenerationRequest(prompt="a red circle", seed=0, num_inference_steps=STEPS, **fields)
-    kwargs = engine._call_kwargs(engine.resolve(request))
-    defaults = {n: p.default for n, p in engine._params.items() if n in ("guidance_scale", "true_cfg_scale")}
-    probed = engine.cfg.calls_per_step({**defaults, **kwargs})
+    probed = engine.calls_per_step(request)
     assert probed == expected
     # A whole request makes exactly that many calls per step (the probe ran already: not counted).
     assert _transformer_calls(engine, request) == probed * STEPS

@@ -69,3 +69,30 @@ def test_bad_env_and_bad_arguments_are_clear_errors(tmp_path: Path):
     assert proc.returncode == 2 and "size='12x'" in proc.stderr
     proc = run_cli("generate", "x", "-o", str(tmp_path / "x.png"), "--cache-params", '{"bogus": 1}')
     assert proc.returncode == 2 and "unknown keys ['bogus']" in proc.stderr
+
+
+def test_models_lists_every_built_in_model() -> None:
+    from ray_dit.engine.registry import registered
+
+    done = run_cli("models", "--json")
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["id"] for r in rows] == [s.id for s in registered()]
+    assert all(r["family"] and r["task"] in ("image", "video", "edit", "image-to-video") for r in rows)
+    wan = next(r for r in rows if r["id"] == "demo:wan-tiny")
+    assert (wan["task"], wan["num_frames"], wan["calls_per_step"]) == ("video", 9, None)
+    table = run_cli("models").stdout
+    assert table.startswith("| id | family | task |") and "| demo:shapes | flux | image |" in table
+
+
+def test_models_probe_measures_how_cfg_runs() -> None:
+    from ray_dit.engine.catalog import describe
+    from ray_dit.engine.registry import lookup
+
+    wan = describe(lookup("demo:wan-tiny"), probe=True)
+    assert wan.pipeline == "WanPipeline"
+    # Wan's default guidance (5) runs the unconditional branch as a second call; 1 turns it off.
+    assert wan.calls_per_step == {"default": 2, "guidance=1": 1, "guidance=5": 2, "true_cfg=4+negative": 2}
+    flux = describe(lookup("demo:flux-tiny"), probe=True)
+    # FLUX's guidance is an embedding: one call, unless true CFG is asked for with a negative prompt.
+    assert flux.calls_per_step == {"default": 1, "guidance=1": 1, "guidance=5": 1, "true_cfg=4+negative": 2}

@@ -126,13 +126,25 @@ def _defaults(size: int, steps: int, **video: int) -> ModelDefaults:
 
 WAN_DEFAULTS = _defaults(64, 8, num_frames=9, fps=8)
 SPECS = (
-    ModelSpec("demo:flux-tiny", build_flux_tiny, _defaults(128, 8), "FLUX text to image, random weights"),
-    ModelSpec("demo:flux-large", build_flux_large, _defaults(256, 20), "FLUX, a 17.9M transformer"),
-    ModelSpec("demo:wan-tiny", build_wan_tiny, WAN_DEFAULTS, "Wan 2.1 text to video"),
+    ModelSpec(
+        "demo:flux-tiny",
+        build_flux_tiny,
+        _defaults(128, 8),
+        "FLUX text to image, random weights",
+        family="flux",
+    ),
+    ModelSpec(
+        "demo:flux-large", build_flux_large, _defaults(256, 20), "FLUX, a 17.9M transformer", family="flux"
+    ),
+    ModelSpec(
+        "demo:wan-tiny", build_wan_tiny, WAN_DEFAULTS, "Wan 2.1 text to video", family="wan", task="video"
+    ),
     ModelSpec(
         "demo:wan22-tiny",
         lambda: build_wan_tiny(two_experts=True),
         WAN_DEFAULTS,
         "Wan 2.2 text to video, two experts",
+        family="wan",
+        task="video",
     ),
 )

@@ -154,4 +154,5 @@ SPEC = ModelSpec(
         negative_prompt="",
     ),
     "colored shapes, trained (the embedded default)",
+    family="flux",
 )

@@ -117,15 +117,25 @@ class Engine:
         """The environment's cache settings with the request's (already parsed) overrides."""
         return self.cache_settings.with_overrides(request.cache)
 
-    def _runs_separate_cfg(self, settings: CacheDitSettings, kwargs: dict[str, Any]) -> bool:
-        """Whether CFG runs as two transformer calls per step (cache-dit must know). Measured on
-        the pipeline once per CFG setting; not needed while cache-dit is neither on nor mounted."""
-        if not (settings.enabled or self._cache.mounted):
-            return False
+    def calls_per_step(self, request: GenerationRequest) -> int:
+        """Transformer calls one denoising step of ``request`` makes (2: CFG's branches run apart),
+        measured on the pipeline once per CFG setting. Takes the engine's lock."""
+        kwargs = self._call_kwargs(self.resolve(request))
+        with self._lock:
+            return self._calls_per_step(kwargs)
+
+    def _calls_per_step(self, kwargs: dict[str, Any]) -> int:
         full = {
             n: p.default for n, p in self._params.items() if n in _CFG_FIELDS and p.default is not p.empty
         }
-        return self.cfg.calls_per_step({**full, **kwargs}) > 1
+        return self.cfg.calls_per_step({**full, **kwargs})
+
+    def _runs_separate_cfg(self, settings: CacheDitSettings, kwargs: dict[str, Any]) -> bool:
+        """Whether CFG runs as two transformer calls per step (cache-dit must know); not needed
+        while cache-dit is neither on nor mounted."""
+        if not (settings.enabled or self._cache.mounted):
+            return False
+        return self._calls_per_step(kwargs) > 1
 
     def _call_kwargs(self, request: GenerationRequest) -> dict[str, Any]:
         gen_device = "cpu" if self.device == "mps" else self.device
