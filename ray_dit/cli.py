@@ -33,7 +33,9 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--size", default=None, help="WIDTHxHEIGHT, e.g. 128x128")
     gen.add_argument("--seed", type=int, default=1024)
     gen.add_argument("--n", type=int, default=1, help="number of outputs (written as name-<i>.ext)")
-    gen.add_argument("--frames", type=int, default=None, help="video models: number of frames (4k+1)")
+    gen.add_argument(
+        "--frames", type=int, default=None, help="video models: number of frames (4k+1; 6k+1 Mochi, 8k+1 LTX)"
+    )
     gen.add_argument("--fps", type=int, default=None, help="video models: frames per second")
     gen.add_argument("--guidance-scale", type=float, default=None)
     gen.add_argument("--true-cfg-scale", type=float, default=None)

@@ -21,7 +21,7 @@ import torch
 
 from ray_dit.api import CacheStats
 from ray_dit.config import CacheDitSettings, DBCacheKnobs
-from ray_dit.engine.cache_dit_compat import replace_remembered_configs
+from ray_dit.engine.cache_dit_compat import cached_block_lists, pipeline_adapter, replace_remembered_configs
 from ray_dit.engine.scm import steps_mask
 
 # cache-dit logs every mount and refresh at INFO; a server wants only its warnings.
@@ -36,10 +36,45 @@ def _block_lists(transformer: torch.nn.Module) -> list[torch.nn.ModuleList]:
     ]
 
 
-def block_count(transformer: torch.nn.Module) -> int:
-    """Blocks in the chain cache-dit caches: it joins a transformer's block lists (FLUX: double and
-    single blocks) into one, and Fn/Bn count along that chain."""
-    return sum(len(m) for m in _block_lists(transformer))
+def metered_blocks(pipe: Any, transformer: torch.nn.Module) -> list[torch.nn.Module]:
+    """Every block of ``transformer`` that a request's skipped-block fraction is counted over: its
+    block lists and the lists cache-dit caches (which may be fewer, as AuraFlow's, or named
+    otherwise, as Lumina 2's ``layers``)."""
+    lists = [*_block_lists(transformer), *(cached_block_lists(pipe, transformer) or [])]
+    seen: dict[int, torch.nn.Module] = {}
+    for blocks in lists:
+        for block in blocks:
+            seen.setdefault(id(block), block)
+    return list(seen.values())
+
+
+def fn_bn_limit(pipe: Any, transformer: torch.nn.Module) -> int:
+    """The largest Fn + Bn cache-dit can honour: it applies Fn and Bn to each list of blocks it
+    caches (FLUX's double and single blocks form one chain; Chroma's are two lists); 0 when no
+    list is found (left to cache-dit)."""
+    lists = cached_block_lists(pipe, transformer) or _block_lists(transformer)
+    return min((len(blocks) for blocks in lists), default=0)
+
+
+class _BlockMeter:
+    """Counts the block calls of each transformer during a request (forward pre-hooks, mounted
+    once): the skipped-block fraction is measured, not modelled from cache-dit's internals."""
+
+    def __init__(self, pipe: Any, transformers: list[torch.nn.Module]) -> None:
+        self.blocks = [metered_blocks(pipe, t) for t in transformers]
+        self.calls = [0] * len(transformers)
+        for index, blocks in enumerate(self.blocks):
+            for block in blocks:
+                block.register_forward_pre_hook(self._counter(index))
+
+    def _counter(self, index: int) -> Callable[..., None]:
+        def count(*_: Any) -> None:
+            self.calls[index] += 1
+
+        return count
+
+    def reset(self) -> None:
+        self.calls = [0] * len(self.calls)
 
 
 KnobName = Callable[[int, str], str | None]
@@ -65,8 +100,9 @@ class CacheDitController:
         self.transformers: list[torch.nn.Module] = [pipe.transformer]
         if getattr(pipe, "transformer_2", None) is not None:
             self.transformers.append(pipe.transformer_2)
-        self.block_counts = tuple(block_count(t) for t in self.transformers)
+        self.block_counts = tuple(fn_bn_limit(pipe, t) for t in self.transformers)
         self.mounted = False
+        self._meter: _BlockMeter | None = None
 
     def block_problems(self, settings: CacheDitSettings, name: KnobName) -> list[str]:
         """Fn + Bn beyond a transformer's blocks, one sentence per expert, naming what ``name`` names.
@@ -83,7 +119,8 @@ class CacheDitController:
                 where = "transformer" if index == 0 else "transformer_2"
                 problems.append(
                     f"{', '.join(named)}: first + last computed blocks (Fn + Bn = {knobs.fn} + {knobs.bn}) "
-                    f"must be at most {blocks}, the number of blocks of this model's {where}"
+                    f"must be at most {blocks}, the blocks of each list cache-dit caches in this "
+                    f"model's {where}"
                 )
         return problems
 
@@ -145,7 +182,7 @@ class CacheDitController:
         import cache_dit
         from cache_dit import BlockAdapter, ForwardPattern, ParamsModifier
 
-        target: Any = self.transformers[0]
+        target: Any = pipeline_adapter(self.pipe, self.transformers[0]) or self.transformers[0]
         if len(self.transformers) > 1:
             target = BlockAdapter(
                 transformer=self.transformers,
@@ -159,6 +196,7 @@ class CacheDitController:
             )
         cache_config, calibrator = self._configs(plan, 0)
         cache_dit.enable_cache(target, cache_config=cache_config, calibrator_config=calibrator)
+        self._meter = _BlockMeter(self.pipe, self.transformers)
         self.mounted = True
 
     def prepare(self, plan: RequestPlan) -> None:
@@ -169,6 +207,8 @@ class CacheDitController:
             if not plan.settings.enabled:
                 return  # nothing mounted, nothing to do: the pipeline runs untouched
             self._mount(plan)
+        if self._meter is not None:
+            self._meter.reset()
         for index, transformer in enumerate(self.transformers):
             cache_config, calibrator = self._configs(plan, index)
             replace_remembered_configs(transformer, cache_config, calibrator)
@@ -183,11 +223,10 @@ class CacheDitController:
 
         per_expert: list[CacheStats] = []
         for index, transformer in enumerate(self.transformers):
-            knobs = plan.settings.primary if index == 0 else plan.settings.secondary
             raw = cache_dit.summary(transformer, logging=False)
-            per_expert.append(
-                _expert_stats(raw, transformer, knobs, plan.expert_steps[index], plan.separate_cfg)
-            )
+            assert self._meter is not None  # mounted
+            blocks, ran = len(self._meter.blocks[index]), self._meter.calls[index]
+            per_expert.append(_expert_stats(raw, blocks, ran, plan.expert_steps[index], plan.separate_cfg))
         label = plan.settings.describe()
         for expert in per_expert:
             expert.config = label
@@ -227,9 +266,9 @@ def _merge_experts(high: CacheStats, low: CacheStats) -> CacheStats:
     )
 
 
-def _expert_stats(
-    raw: Sequence[Any], transformer: torch.nn.Module, knobs: DBCacheKnobs, steps: int, separate_cfg: bool
-) -> CacheStats:
+def _expert_stats(raw: Sequence[Any], blocks: int, ran: int, steps: int, separate_cfg: bool) -> CacheStats:
+    """One transformer's stats: cache-dit's decisions, and the block calls counted while it ran
+    (of ``blocks`` blocks per call, ``steps`` steps, one or two calls per step)."""
     cached: set[int] = set()
     cfg_cached: set[int] = set()
     diffs: dict[int, float] = {}
@@ -239,11 +278,8 @@ def _expert_stats(
         cfg_cached.update(int(s) for s in (entry.cfg_cached_steps or []))
         diffs.update({int(k): float(v) for k, v in (entry.residual_diffs or {}).items()})
         cfg_diffs.update({int(k): float(v) for k, v in (entry.cfg_residual_diffs or {}).items()})
-    total_blocks = block_count(transformer)  # Fn/Bn apply once to the whole chain
-    skippable = max(total_blocks - knobs.fn - knobs.bn, 0)
-    branches = 2 if separate_cfg else 1
-    evaluated = steps * branches * total_blocks
-    skipped = (len(cached) + len(cfg_cached)) * skippable
+    evaluated = steps * (2 if separate_cfg else 1) * blocks
+    skipped = max(evaluated - ran, 0)
     return CacheStats(
         enabled=True,
         total_steps=steps,

@@ -30,3 +30,41 @@ def replace_remembered_configs(transformer: Any, cache_config: Any, calibrator: 
     for remembered in remembered_configs(transformer):
         remembered["cache_config"] = copy.deepcopy(cache_config)
         remembered["calibrator_config"] = copy.deepcopy(calibrator)
+
+
+def pipeline_adapter(pipe: Any, transformer: Any) -> Any | None:
+    """cache-dit's ``BlockAdapter`` for ``transformer`` in transformer-only mode, found by the
+    *pipeline's* class name, for transformers whose own class name matches no registered prefix
+    (SD3's ``SD3Transformer2DModel`` is registered as ``StableDiffusion3``); None when cache-dit
+    knows neither (then ``enable_cache`` on the transformer says so)."""
+    from cache_dit.caching.block_adapters import BlockAdapterRegister
+    from cache_dit.caching.block_adapters.block_adapters import FakeDiffusionPipeline
+
+    if BlockAdapterRegister.is_supported(transformer):
+        return None
+    name = type(pipe).__name__
+    for prefix, factory in BlockAdapterRegister._adapters.items():
+        if name.startswith(prefix):
+            return factory(FakeDiffusionPipeline(transformer))
+    return None
+
+
+def cached_block_lists(pipe: Any, transformer: Any) -> list[Any] | None:
+    """The block lists cache-dit caches in ``transformer`` (its adapter's ``blocks``), or None when
+    cache-dit has no adapter for it. Built with ``skip_post_init``: nothing is patched."""
+    import torch
+    from cache_dit.caching.block_adapters import BlockAdapterRegister
+    from cache_dit.caching.block_adapters.block_adapters import FakeDiffusionPipeline
+
+    adapter = None
+    if BlockAdapterRegister.is_supported(transformer):
+        adapter = BlockAdapterRegister.get_adapter(transformer, skip_post_init=True)
+    else:
+        name = type(pipe).__name__
+        factory = next((f for p, f in BlockAdapterRegister._adapters.items() if name.startswith(p)), None)
+        if factory is not None:
+            adapter = factory(FakeDiffusionPipeline(transformer), skip_post_init=True)
+    if adapter is None:
+        return None
+    blocks = adapter.blocks
+    return list(blocks) if not isinstance(blocks, torch.nn.ModuleList) else [blocks]

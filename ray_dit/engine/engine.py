@@ -16,7 +16,7 @@ from ray_dit.config import CacheDitSettings, cache_dit_from_env
 from ray_dit.config.cache_dit import knob_variable
 from ray_dit.engine.cache import CacheDitController
 from ray_dit.engine.cfg_probe import CfgProbe
-from ray_dit.engine.loader import call_parameters, is_video_pipeline, load_pipeline
+from ray_dit.engine.loader import call_parameters, is_video_pipeline, load_pipeline, temporal_factor
 from ray_dit.engine.registry import ModelDefaults
 from ray_dit.errors import ConfigError, InvalidRequest, RequestCancelled
 
@@ -57,6 +57,8 @@ class Engine:
         self.pipe = pipeline
         self.defaults = defaults or ModelDefaults()
         self.kind = "video" if is_video_pipeline(self.pipe) else "image"
+        #: Video frame counts are k * frame_step + 1: the VAE's temporal compression.
+        self.frame_step = temporal_factor(self.pipe)
         self._params = call_parameters(self.pipe)
         self._cache = CacheDitController(self.pipe)
         #: Transformer calls per step, per CFG setting, measured on the pipeline (cfg_probe.py).
@@ -104,9 +106,12 @@ class Engine:
             )
         if request.n < 1:
             problems.append(("n", f"n={request.n}: must be >= 1"))
-        frames = request.num_frames
-        if self.kind == "video" and frames is not None and (frames < 1 or (frames - 1) % 4):
-            problems.append(("num_frames", f"num_frames={frames}: must be 4k+1 (1, 5, 9, 13, ...)"))
+        frames, k = request.num_frames, self.frame_step
+        if self.kind == "video" and frames is not None and (frames < 1 or (frames - 1) % k):
+            allowed = ", ".join(str(k * i + 1) for i in range(4))
+            problems.append(
+                ("num_frames", f"num_frames={frames}: must be {k}k+1 ({allowed}, ...) for this model")
+            )
         if self.kind == "image" and asked_frames not in (None, 1):
             problems.append(("num_frames", f"num_frames={asked_frames}: this model generates images"))
         blocks = self._cache.block_problems(self.settings_for(request), request.cache.knob_key)

@@ -82,3 +82,20 @@ def call_parameters(pipe: Any) -> dict[str, inspect.Parameter]:
 
 def is_video_pipeline(pipe: Any) -> bool:
     return "num_frames" in call_parameters(pipe)
+
+
+# What video pipelines call their VAE's temporal compression (frames are k * factor + 1).
+_TEMPORAL_ATTRIBUTES = (
+    "vae_scale_factor_temporal",
+    "vae_temporal_scale_factor",
+    "vae_temporal_compression_ratio",
+)
+
+
+def temporal_factor(pipe: Any) -> int:
+    """Frames a video pipeline's latent frame stands for (4 for Wan, 6 for Mochi, 8 for LTX)."""
+    for name in _TEMPORAL_ATTRIBUTES:
+        value = getattr(pipe, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 4

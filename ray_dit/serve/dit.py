@@ -61,6 +61,7 @@ class DiTDeployment:
             num_frames=defaults.num_frames,
             fps=defaults.fps,
             size_multiple=self.engine.options.size_multiple,
+            frame_step=self.engine.frame_step,
         )
         logger.info(
             "DiT replica ready: model=%s device=%s kind=%s in %.1fs",

@@ -271,7 +271,7 @@ def _check_total(
         )
 
 
-def _frames_for_seconds(seconds: Any, fps: int) -> int:
+def _frames_for_seconds(seconds: Any, fps: int, step: int) -> int:
     try:
         value = float(str(seconds).strip())
     except ValueError:
@@ -279,7 +279,7 @@ def _frames_for_seconds(seconds: Any, fps: int) -> int:
     if not math.isfinite(value) or value <= 0:
         raise invalid("seconds", f"seconds={seconds!r}: must be a positive number")
     frames = max(1, round(value * fps))
-    return 4 * round((frames - 1) / 4) + 1  # video DiTs take 4k+1 frames
+    return step * round((frames - 1) / step) + 1  # video DiTs take k * step + 1 frames
 
 
 def video_request(
@@ -298,16 +298,17 @@ def video_request(
     if body.fps is not None and not 1 <= body.fps <= 120:
         raise invalid("fps", f"fps={body.fps}: must be between 1 and 120")
     fps = body.fps or (info.fps if info and info.fps else 16)
-    frames = body.num_frames
+    frames, step = body.num_frames, info.frame_step if info else 4
     if frames is None and body.seconds is not None:
-        frames = _frames_for_seconds(body.seconds, fps)
+        frames = _frames_for_seconds(body.seconds, fps, step)
     if frames is not None and not 1 <= frames <= limits.max_frames:
         raise invalid(
             "num_frames" if body.num_frames is not None else "seconds",
             f"num_frames={frames}: must be between 1 and {limits.max_frames} (RAY_DIT_MAX_FRAMES)",
         )
-    if frames is not None and (frames - 1) % 4:
-        raise invalid("num_frames", f"num_frames={frames}: must be 4k+1 (1, 5, 9, 13, ...)")
+    if frames is not None and (frames - 1) % step:
+        allowed = ", ".join(str(step * i + 1) for i in range(4))
+        raise invalid("num_frames", f"num_frames={frames}: must be {step}k+1 ({allowed}, ...) for this model")
     _check_total(width, height, frames, 1, limits, info)
     return GenerationRequest(
         prompt=body.prompt,

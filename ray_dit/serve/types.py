@@ -24,6 +24,8 @@ class ModelInfo:
     num_frames: int | None = None
     fps: int | None = None
     size_multiple: int = 16
+    #: Video frame counts are k * frame_step + 1 (the VAE's temporal compression: 4, 6, 8).
+    frame_step: int = 4
 
 
 @dataclass
