@@ -42,7 +42,9 @@ def _engine(model: str, settings: CacheDitSettings = ENABLED) -> Engine:
     return Engine(EngineOptions(model=model, device="cpu"), settings, spec.build(), spec.defaults)
 
 
-def _request(prompt: str = "a red circle on a blue background", seed: int = 3, **fields: Any) -> GenerationRequest:
+def _request(
+    prompt: str = "a red circle on a blue background", seed: int = 3, **fields: Any
+) -> GenerationRequest:
     return GenerationRequest(prompt=prompt, seed=seed, num_inference_steps=STEPS, **fields)
 
 
@@ -52,7 +54,9 @@ class _Counter:
 
     def __init__(self, engine: Engine) -> None:
         pipe = engine.pipe
-        self.transformers = [t for t in (pipe.transformer, getattr(pipe, "transformer_2", None)) if t is not None]
+        self.transformers = [
+            t for t in (pipe.transformer, getattr(pipe, "transformer_2", None)) if t is not None
+        ]
         self.blocks = [b for t in self.transformers for b in metered_blocks(pipe, t)]
         self.calls = self.block_calls = 0
 
@@ -104,7 +108,11 @@ def test_a_caching_threshold_skips_the_blocks_the_stats_report(model: str) -> No
 
 
 def _cfg_cases(spec: ModelSpec) -> list[dict[str, Any]]:
-    return [{"guidance_scale": 1.0}, {"guidance_scale": 5.0}, {"true_cfg_scale": 4.0, "negative_prompt": "blur"}]
+    return [
+        {"guidance_scale": 1.0},
+        {"guidance_scale": 5.0},
+        {"true_cfg_scale": 4.0, "negative_prompt": "blur"},
+    ]
 
 
 @pytest.mark.parametrize("model", [spec.id for spec in MODELS])
