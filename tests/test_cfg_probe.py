@@ -48,6 +48,10 @@ CASES = [
     ("demo:wan-tiny", {}, 2),
     ("demo:wan-tiny", {"guidance_scale": 1.0}, 1),
     ("demo:wan22-tiny", {"guidance_scale": 3.0}, 2),
+    # HunyuanVideo 1.5 takes no guidance_scale argument: its guider component holds the scale,
+    # and a request's scale reaches it (1 turns the second call off).
+    ("demo:hunyuan-video15-tiny", {}, 2),
+    ("demo:hunyuan-video15-tiny", {"guidance_scale": 1.0}, 1),
 ]
 
 

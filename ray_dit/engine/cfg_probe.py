@@ -75,7 +75,7 @@ class CfgProbe:
         return max(self.size_multiple, min(value, PROBE_SIDE) // self.size_multiple * self.size_multiple)
 
     def _probe_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        probe = dict(kwargs)
+        probe = {k: v for k, v in kwargs.items() if k in self.params}  # the key may hold more
         probe.update(height=self._small(kwargs.get("height")), width=self._small(kwargs.get("width")))
         device = kwargs["generator"][0].device if kwargs.get("generator") else "cpu"
         probe["generator"] = [torch.Generator(device=device).manual_seed(0)]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,15 +126,34 @@ class Engine:
     def calls_per_step(self, request: GenerationRequest) -> int:
         """Transformer calls one denoising step of ``request`` makes (2: CFG's branches run apart),
         measured on the pipeline once per CFG setting. Takes the engine's lock."""
-        kwargs = self._call_kwargs(self.resolve(request))
-        with self._lock:
+        request = self.resolve(request)
+        kwargs = self._call_kwargs(request)
+        with self._lock, self._guider(request):
             return self._calls_per_step(kwargs)
 
     def _calls_per_step(self, kwargs: dict[str, Any]) -> int:
         full = {
             n: p.default for n, p in self._params.items() if n in _CFG_FIELDS and p.default is not p.empty
         }
+        guider = getattr(self.pipe, "guider", None)
+        if guider is not None and "guidance_scale" not in self._params:
+            full["guidance_scale"] = getattr(guider, "guidance_scale", None)  # part of the CFG setting
         return self.cfg.calls_per_step({**full, **kwargs})
+
+    @contextlib.contextmanager
+    def _guider(self, request: GenerationRequest) -> Iterator[None]:
+        """Pipelines whose CFG is a ``guider`` component (HunyuanVideo 1.5) take no
+        ``guidance_scale`` argument: a request's scale is applied to a copy of the guider for
+        its call, so it is never silently ignored."""
+        guider = getattr(self.pipe, "guider", None)
+        if guider is None or request.guidance_scale is None or "guidance_scale" in self._params:
+            yield
+            return
+        self.pipe.guider = guider.new(guidance_scale=request.guidance_scale)
+        try:
+            yield
+        finally:
+            self.pipe.guider = guider
 
     def _runs_separate_cfg(self, settings: CacheDitSettings, kwargs: dict[str, Any]) -> bool:
         """Whether CFG runs as two transformer calls per step (cache-dit must know); not needed
@@ -188,7 +208,7 @@ class Engine:
         if "callback_on_step_end" in self._params:
             kwargs["callback_on_step_end"] = hook
         t_arrive = time.perf_counter()
-        with self._lock:
+        with self._lock, self._guider(request):
             t_start = time.perf_counter()
             plan = self._cache.plan(settings, steps, self._runs_separate_cfg(settings, kwargs))
             self._cache.prepare(plan)

@@ -35,11 +35,14 @@ class ModelDefaults:
     #: these fill a request that gave neither, for models trained to need it.
     true_cfg_scale: float | None = None
     negative_prompt: str | None = None
+    #: The guidance scale of the model card, where it differs from the pipeline's default.
+    guidance_scale: float | None = None
 
     def cfg_fields(self, request: Any) -> dict[str, Any]:
         """The CFG defaults for the fields ``request`` left out (None)."""
+        names = ("true_cfg_scale", "negative_prompt", "guidance_scale")
         return {
-            k: getattr(self, k) for k in ("true_cfg_scale", "negative_prompt") if getattr(request, k) is None
+            k: getattr(self, k) for k in names if getattr(request, k) is None and getattr(self, k) is not None
         }
 
 
