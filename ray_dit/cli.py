@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -29,6 +30,9 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt")
     gen.add_argument("-o", "--output", default="out.png", help="output file: .png .jpg .webp or .mp4")
     gen.add_argument("--model", default="demo:shapes", help="diffusers id or path, or demo:<name>")
+    gen.add_argument(
+        "--transformer", default=None, help="a transformer checkpoint (directory or hub id) to use instead"
+    )
     gen.add_argument("--steps", type=int, default=None, help="num_inference_steps")
     gen.add_argument("--size", default=None, help="WIDTHxHEIGHT, e.g. 128x128")
     gen.add_argument("--seed", type=int, default=1024)
@@ -157,8 +161,13 @@ def _generate(args: argparse.Namespace) -> int:
     if fmt is None:
         raise ValueError(f"--output={args.output!r}: the extension must be one of {', '.join(EXTENSIONS)}")
     request = _request(args, fmt)
-    engine = Engine(EngineOptions(model=args.model, device=args.device, dtype=args.dtype))
-    result = _run_with_progress(engine, request)
+    options = EngineOptions(
+        model=args.model, device=args.device, dtype=args.dtype, transformer=args.transformer
+    )
+    # Libraries (cache-dit) log to stdout; this command's stdout is its report (--json is parsed).
+    with contextlib.redirect_stdout(sys.stderr):
+        engine = Engine(options)
+        result = _run_with_progress(engine, request)
     paths = _outputs(output, result.frames.shape[0])
     for index, path in enumerate(paths):
         encoded = encode_output(result.frames[index], result.kind, fmt, result.fps)

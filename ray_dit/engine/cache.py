@@ -101,8 +101,22 @@ class CacheDitController:
         if getattr(pipe, "transformer_2", None) is not None:
             self.transformers.append(pipe.transformer_2)
         self.block_counts = tuple(fn_bn_limit(pipe, t) for t in self.transformers)
+        #: cache-dit has an adapter for every transformer (by its class or the pipeline's).
+        self.supported = all(cached_block_lists(pipe, t) is not None for t in self.transformers)
         self.mounted = False
         self._meter: _BlockMeter | None = None
+
+    def support_problem(self, settings: CacheDitSettings, what: str) -> str | None:
+        """The sentence refusing caching (named ``what``) for a model cache-dit has no adapter for."""
+        if not settings.enabled or self.supported:
+            return None
+        import cache_dit
+
+        names = f"{type(self.pipe).__name__} ({type(self.transformers[0]).__name__})"
+        return (
+            f"{what}: cache-dit {getattr(cache_dit, '__version__', '')} cannot accelerate {names}, "
+            "it has no block adapter for it; this model is served uncached (leave caching off)"
+        )
 
     def block_problems(self, settings: CacheDitSettings, name: KnobName) -> list[str]:
         """Fn + Bn beyond a transformer's blocks, one sentence per expert, naming what ``name`` names.

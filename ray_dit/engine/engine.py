@@ -33,6 +33,8 @@ class EngineOptions:
     device: str = "auto"
     dtype: str = "auto"
     size_multiple: int = 16
+    #: A transformer checkpoint replacing the pipeline's own (a directory or hub id).
+    transformer: str | None = None
 
 
 class Engine:
@@ -54,17 +56,27 @@ class Engine:
         self.options = options or EngineOptions()
         self.cache_settings = cache_settings if cache_settings is not None else cache_dit_from_env()
         if pipeline is None:
-            pipeline, defaults = load_pipeline(self.options.model, self.options.device, self.options.dtype)
+            o = self.options
+            pipeline, defaults = load_pipeline(o.model, o.device, o.dtype, transformer=o.transformer)
         self.pipe = pipeline
         self.defaults = defaults or ModelDefaults()
         self.kind = "video" if is_video_pipeline(self.pipe) else "image"
         #: Video frame counts are k * frame_step + 1: the VAE's temporal compression.
         self.frame_step = temporal_factor(self.pipe)
         self._params = call_parameters(self.pipe)
+        if getattr(self.pipe, "transformer", None) is None:
+            raise ConfigError(
+                [
+                    f"model={self.options.model!r}: {type(self.pipe).__name__} has no transformer; ray_dit serves "
+                    "Diffusion Transformer pipelines (a UNet model is not one)"
+                ]
+            )
         self._cache = CacheDitController(self.pipe)
         #: Transformer calls per step, per CFG setting, measured on the pipeline (cfg_probe.py).
         self.cfg = CfgProbe(self.pipe, self._params, self.options.size_multiple)
         problems = self._cache.block_problems(self.cache_settings, knob_variable)
+        unsupported = self._cache.support_problem(self.cache_settings, "SGLANG_CACHE_DIT_ENABLED=true")
+        problems += [unsupported] if unsupported else []
         if problems:
             raise ConfigError(problems)
         self._lock = threading.Lock()
@@ -115,8 +127,12 @@ class Engine:
             )
         if self.kind == "image" and asked_frames not in (None, 1):
             problems.append(("num_frames", f"num_frames={asked_frames}: this model generates images"))
-        blocks = self._cache.block_problems(self.settings_for(request), request.cache.knob_key)
-        problems += [("cache_dit_params", message) for message in blocks]
+        settings = self.settings_for(request)
+        blocks = self._cache.block_problems(settings, request.cache.knob_key)
+        unsupported = self._cache.support_problem(settings, "cache_dit_params")
+        problems += [
+            ("cache_dit_params", message) for message in [*blocks, *([unsupported] if unsupported else [])]
+        ]
         return problems
 
     def settings_for(self, request: GenerationRequest) -> CacheDitSettings:

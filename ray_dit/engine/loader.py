@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,11 +42,18 @@ def dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
     return {"dtype" if Version(__version__).release >= (0, 42) else "torch_dtype": dtype}
 
 
-def load_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> tuple[Any, ModelDefaults]:
-    """Build a registered model or load a diffusers pipeline, on ``device`` in ``dtype``."""
+def load_pipeline(
+    model: str, device: str = "auto", dtype: str = "auto", transformer: str | None = None
+) -> tuple[Any, ModelDefaults]:
+    """Build a registered model or load a diffusers pipeline, on ``device`` in ``dtype``;
+    ``transformer`` replaces the pipeline's transformer with a checkpoint of its own."""
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     spec = registry.lookup(model)
+    if spec is not None and transformer is not None:
+        raise InvalidRequest(
+            f"transformer={transformer!r}: only for a pipeline loaded from disk or the hub", "transformer"
+        )
     if spec is not None:
         pipe, defaults = spec.build(), spec.defaults
         if torch_dtype != torch.float32:
@@ -54,7 +62,7 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> tupl
         known = ", ".join(s.id for s in registry.registered())
         raise InvalidRequest(f"model={model!r}: unknown built-in model; known models: {known}", "model")
     else:
-        pipe, defaults = _from_pretrained(model, torch_dtype), ModelDefaults()
+        pipe, defaults = _from_pretrained(model, torch_dtype, transformer), ModelDefaults()
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     for component in pipe.components.values():
@@ -63,16 +71,38 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> tupl
     return pipe, defaults
 
 
-def _from_pretrained(model: str, torch_dtype: torch.dtype) -> Any:
+def _from_pretrained(model: str, torch_dtype: torch.dtype, transformer: str | None = None) -> Any:
     from diffusers import DiffusionPipeline
 
+    components = {"transformer": _transformer(model, transformer, torch_dtype)} if transformer else {}
     try:
-        return DiffusionPipeline.from_pretrained(model, **dtype_kwarg(torch_dtype))
+        return DiffusionPipeline.from_pretrained(model, **components, **dtype_kwarg(torch_dtype))
     except (OSError, ValueError) as exc:
         raise InvalidRequest(
             f"model={model!r}: could not be loaded as a diffusers pipeline "
             f"(a local directory with model_index.json, a hub id, or a built-in id): {exc}",
             "model",
+        ) from None
+
+
+def _transformer(model: str, source: str, torch_dtype: torch.dtype) -> Any:
+    """The transformer class ``model``'s ``model_index.json`` names, loaded from ``source``: a
+    directory or hub id holding that transformer (or a pipeline, whose ``transformer/`` is used)."""
+    import diffusers
+    from diffusers import DiffusionPipeline
+
+    try:
+        _, class_name = DiffusionPipeline.load_config(model)["transformer"]
+        loader = getattr(diffusers, class_name)
+        nested = Path(source, "transformer", "config.json").is_file()
+        return loader.from_pretrained(
+            source, **({"subfolder": "transformer"} if nested else {}), **dtype_kwarg(torch_dtype)
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InvalidRequest(
+            f"transformer={source!r}: could not be loaded as {model!r}'s transformer "
+            f"(a directory or hub id with its config.json and weights): {exc}",
+            "transformer",
         ) from None
 
 

@@ -30,6 +30,9 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = "demo:shapes"
+    #: A transformer checkpoint to use instead of the pipeline's own (a directory or hub id:
+    #: quantized and fine-tuned transformers ship apart from their pipeline).
+    transformer: str | None = None
     served_model_name: str | None = None
     device: str = "auto"
     dtype: str = "auto"
@@ -135,7 +138,14 @@ def compose(
         ray_actor_options={"num_cpus": cfg.dit_num_cpus, "num_gpus": cfg.num_gpus},
         **({"func_or_class": dit_class} if dit_class is not None else {}),
         **replicas("dit_replicas"),
-    ).bind(cfg.model, cfg.device, cfg.dtype, jobs, sink)
+    ).bind(
+        cfg.model,
+        cfg.device,
+        cfg.dtype,
+        jobs,
+        sink,
+        **({"transformer": cfg.transformer} if cfg.transformer else {}),
+    )
     # The DiT replica count sizes Retry-After; under autoscaling it is unknown, and 1 errs long.
     dit_replicas = cfg.dit_replicas if "dit_replicas" in given else 1
     ingress_options: dict[str, Any] = replicas("ingress_replicas")

@@ -42,11 +42,12 @@ class DiTDeployment:
         dtype: str = "auto",
         jobs: DeploymentHandle | None = None,
         sink: DeploymentHandle | None = None,
+        transformer: str | None = None,
     ) -> None:
         from ray_dit.engine import Engine, EngineOptions  # torch/diffusers load only here
 
         t0 = time.perf_counter()
-        self.engine = Engine(EngineOptions(model=model, device=device, dtype=dtype))
+        self.engine = Engine(EngineOptions(model=model, device=device, dtype=dtype, transformer=transformer))
         self.model = model
         self._jobs = jobs
         self._sink = sink
