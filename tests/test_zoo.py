@@ -10,6 +10,7 @@ and a cached request leaves no state behind (the next request equals a fresh eng
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Any
 
 import numpy as np
@@ -45,7 +46,8 @@ def _engine(model: str, settings: CacheDitSettings = ENABLED) -> Engine:
 def _request(
     prompt: str = "a red circle on a blue background", seed: int = 3, **fields: Any
 ) -> GenerationRequest:
-    return GenerationRequest(prompt=prompt, seed=seed, num_inference_steps=STEPS, **fields)
+    fields.setdefault("num_inference_steps", STEPS)
+    return GenerationRequest(prompt=prompt, seed=seed, **fields)
 
 
 class _Counter:
@@ -138,3 +140,23 @@ def test_a_cached_request_leaves_no_state_behind(model: str) -> None:
     fresh = _engine(model).generate(_request(cache=parse_overrides(True, CACHING)))
     assert np.array_equal(second.frames, fresh.frames)
     assert second.cache.cached_step_indices == fresh.cache.cached_step_indices
+
+
+def test_secondary_settings_drive_the_second_expert_of_every_two_expert_model() -> None:
+    from ray_dit.config import DBCacheKnobs
+
+    settings = CacheDitSettings(
+        enabled=True,
+        primary=DBCacheKnobs(rdt=10.0, warmup=1, mc=3),
+        secondary=DBCacheKnobs(rdt=10.0, warmup=2, mc=1),
+    )
+    two_expert = [spec for spec in MODELS if getattr(spec.build(), "transformer_2", None) is not None]
+    assert two_expert, "no two-expert model registered"
+    for spec in two_expert:
+        stats = _engine(spec.id, settings).generate(_request(num_inference_steps=12)).cache
+        assert stats.secondary is not None, spec.id
+        offset = stats.total_steps - stats.secondary.total_steps
+        low = [i - offset for i in stats.cached_step_indices if i >= offset]
+        high = [i for i in stats.cached_step_indices if i < offset]
+        assert low and min(low) >= 2 and all(b - a >= 2 for a, b in itertools.pairwise(low)), (spec.id, low)
+        assert high and min(high) >= 1, (spec.id, high)
