@@ -55,6 +55,9 @@ class GenerationRequest:
     cache: CacheOverrides = field(default_factory=CacheOverrides)
     output_format: str | None = None
     request_id: str = ""
+    #: The input image of an image-conditioned model (edit, image to video): the uploaded file's
+    #: bytes (PNG, JPEG or WebP), decoded by the engine.
+    image: bytes | None = field(default=None, repr=False)
 
     def replace(self, **changes: Any) -> GenerationRequest:
         return dataclasses.replace(self, **changes)

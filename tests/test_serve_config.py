@@ -23,11 +23,11 @@ from ray_dit.serve.errors import ApiError
 from ray_dit.serve.schemas import (
     ImageGenerationBody,
     VideoCreateBody,
-    form_to_dict,
     image_request,
     parse_body,
     video_request,
 )
+from ray_dit.serve.uploads import form_to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = [ROOT / "serve_config.yaml", ROOT / "examples" / "serve_config.gpu.yaml"]

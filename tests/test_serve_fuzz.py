@@ -28,7 +28,10 @@ from ray_dit.serve.job_store import VideoJobs
 from ray_dit.serve.types import ModelInfo, ResultMeta, StoreReply
 
 EXAMPLES = 500  # per test; four tests: 2,000 requests a run
-INFO = ModelInfo(model="demo:fuzz", kind="image", width=64, height=64, steps=2, fps=16)
+# An edit-capable image model: every route's validation runs, the edit route's included.
+INFO = ModelInfo(
+    model="demo:fuzz", kind="image", width=64, height=64, steps=2, fps=16, image_input="optional"
+)
 
 
 class _Method:
@@ -218,3 +221,55 @@ def test_the_harness_reaches_the_generation(client):
     job = client.post("/v1/videos", json={"prompt": "x"})
     assert job.status_code in (200, 400), job.text  # the stand-in model makes images
     assert np.isfinite(response.json()["timings"]["request_s"])
+
+
+def _png(width: int, height: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), "blue").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+_uploads = st.one_of(
+    st.binary(max_size=64),
+    st.sampled_from([_png(8, 8), _png(64, 64), b"", b"\x89PNG\r\n\x1a\n" + b"\x00" * 30]),
+)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(form=_forms, image=st.none() | _uploads, extra=st.sampled_from([None, "mask", "image", "other"]))
+def test_image_edit_forms(client, form, image, extra):
+    """OpenAI's multipart image edits: any fields, any file bytes, a mask, a second image."""
+    files = []
+    if image is not None:
+        files.append(("image", ("in.png", image, "image/png")))
+    if extra is not None:
+        files.append((extra, ("x.png", _png(4, 4), "image/png")))
+    response = client.post("/v1/images/edits", data=dict(form), files=files or None)
+    _check(response)
+    if image is None and extra != "image":  # nothing to edit: never served
+        assert response.status_code >= 400, response.text
+
+
+def test_image_edits_answer_with_the_edit_and_name_what_is_wrong(client):
+    ok = client.post(
+        "/v1/images/edits", data={"prompt": "make it red"}, files={"image": ("a.png", _png(8, 8))}
+    )
+    assert ok.status_code == 200, ok.text
+    cases = [
+        ({"prompt": "x"}, {}, "image"),
+        ({"prompt": "x"}, {"image": ("a.gif", b"GIF89a....")}, "image"),
+        ({"prompt": "x"}, {"image": ("a.png", _png(8, 8)), "mask": ("m.png", _png(8, 8))}, "mask"),
+        ({}, {"image": ("a.png", _png(8, 8))}, "prompt"),
+    ]
+    for fields, files, param in cases:
+        response = client.post("/v1/images/edits", data=fields, files=files or None)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"] == param, response.text
+    too_big = client.post(
+        "/v1/images/edits", data={"prompt": "x"}, files={"image": ("a.png", b"\x00" * (21 * 1024 * 1024))}
+    )
+    assert too_big.status_code == 413 and "RAY_DIT_MAX_UPLOAD_BYTES" in too_big.text

@@ -18,7 +18,7 @@ from ray_dit.serve.admission import Backlog
 from ray_dit.serve.errors import ApiError, to_api_error
 from ray_dit.serve.http import _unexpected, edge_settings, read_json
 from ray_dit.serve.ingress import app
-from ray_dit.serve.schemas import form_to_dict
+from ray_dit.serve.uploads import form_to_dict
 from ray_dit.sink.spool import SpoolError
 
 KEY = "test-key-0123456789"

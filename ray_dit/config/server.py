@@ -40,6 +40,8 @@ class ServeLimits:
     """Length of ``prompt`` and ``negative_prompt``: bounds the text a request has tokenized."""
     max_body_bytes: int = from_env("RAY_DIT_MAX_BODY_BYTES", int_at_least(1), 1024 * 1024)
     """Request body, refused with 413 as soon as it is over: bodies are JSON or small forms."""
+    max_upload_bytes: int = from_env("RAY_DIT_MAX_UPLOAD_BYTES", int_at_least(1), 20 * 1024 * 1024)
+    """A multipart body carrying an input image (image edits, image to video): a 2048x2048 PNG."""
 
 
 @dataclass(frozen=True)

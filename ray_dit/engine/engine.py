@@ -17,11 +17,20 @@ from ray_dit.config import CacheDitSettings, cache_dit_from_env
 from ray_dit.config.cache_dit import knob_variable
 from ray_dit.engine.cache import CacheDitController
 from ray_dit.engine.cfg_probe import CfgProbe
-from ray_dit.engine.loader import call_parameters, is_video_pipeline, load_pipeline, temporal_factor
+from ray_dit.engine.loader import (
+    call_parameters,
+    image_input,
+    is_video_pipeline,
+    load_pipeline,
+    temporal_factor,
+)
 from ray_dit.engine.registry import ModelDefaults
 from ray_dit.errors import ConfigError, InvalidRequest, RequestCancelled
+from ray_dit.inputs import check_image, decode_image
 
 StepCallback = Callable[[int, int], None]
+# An input image's pixels at most, whoever calls the engine (the HTTP edge checks its own limit).
+MAX_INPUT_PIXELS = 4096 * 4096
 # The call arguments that decide CFG; a request that leaves one out gets the pipeline's default.
 _CFG_FIELDS = ("guidance_scale", "true_cfg_scale")
 CancelCheck = Callable[[], bool]
@@ -64,6 +73,8 @@ class Engine:
         #: Video frame counts are k * frame_step + 1: the VAE's temporal compression.
         self.frame_step = temporal_factor(self.pipe)
         self._params = call_parameters(self.pipe)
+        #: "required", "optional" or None: whether the pipeline takes an input image.
+        self.image_input = image_input(self._params)
         if getattr(self.pipe, "transformer", None) is None:
             raise ConfigError(
                 [
@@ -127,6 +138,7 @@ class Engine:
             )
         if self.kind == "image" and asked_frames not in (None, 1):
             problems.append(("num_frames", f"num_frames={asked_frames}: this model generates images"))
+        problems += self._image_problems(request)
         settings = self.settings_for(request)
         blocks = self._cache.block_problems(settings, request.cache.knob_key)
         unsupported = self._cache.support_problem(settings, "cache_dit_params")
@@ -134,6 +146,16 @@ class Engine:
             ("cache_dit_params", message) for message in [*blocks, *([unsupported] if unsupported else [])]
         ]
         return problems
+
+    def _image_problems(self, request: GenerationRequest) -> list[tuple[str, str]]:
+        name = type(self.pipe).__name__
+        if request.image is not None and self.image_input is None:
+            return [("image", f"image: this model ({name}) takes no input image")]
+        if request.image is None and self.image_input == "required":
+            return [("image", f"image: this model ({name}) needs an input image")]
+        if request.image is not None:
+            check_image(request.image, MAX_INPUT_PIXELS)
+        return []
 
     def settings_for(self, request: GenerationRequest) -> CacheDitSettings:
         """The environment's cache settings with the request's (already parsed) overrides."""
@@ -197,6 +219,7 @@ class Engine:
             "true_cfg_scale": request.true_cfg_scale,
             "num_frames": request.num_frames,
             "max_sequence_length": self.defaults.max_sequence_length,
+            "image": decode_image(request.image, MAX_INPUT_PIXELS) if request.image is not None else None,
         }
         for key, value in optional.items():
             if value is not None and key in self._params:

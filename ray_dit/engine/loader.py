@@ -129,3 +129,12 @@ def temporal_factor(pipe: Any) -> int:
         if isinstance(value, int) and value > 0:
             return value
     return 4
+
+
+def image_input(params: dict[str, inspect.Parameter]) -> str | None:
+    """Whether a pipeline takes an input image: "required", "optional" (edit models that also
+    generate from text alone) or None."""
+    param = params.get("image")
+    if param is None:
+        return None
+    return "required" if param.default is param.empty else "optional"

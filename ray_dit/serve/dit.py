@@ -63,6 +63,7 @@ class DiTDeployment:
             fps=defaults.fps,
             size_multiple=self.engine.options.size_multiple,
             frame_step=self.engine.frame_step,
+            image_input=self.engine.image_input,
         )
         logger.info(
             "DiT replica ready: model=%s device=%s kind=%s in %.1fs",

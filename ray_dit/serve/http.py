@@ -178,11 +178,11 @@ _CHALLENGE: dict[str, Any] = {"code": "invalid_api_key", "headers": {"WWW-Authen
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused with 413 as soon as it is over ``limit`` bytes."""
+async def read_body(request: Request, limit: int, setting: str = "RAY_DIT_MAX_BODY_BYTES") -> bytes:
+    """The whole body, refused with 413 as soon as it is over ``limit`` bytes (``setting``)."""
     too_big = ApiError(
         413,
-        f"request body is over the limit of {limit} bytes (RAY_DIT_MAX_BODY_BYTES)",
+        f"request body is over the limit of {limit} bytes ({setting})",
         code="body_too_large",
     )
     length = request.headers.get("content-length", "")

@@ -29,18 +29,19 @@ from ray_dit.serve.admission import Backlog, SpoolWatch
 from ray_dit.serve.compat import by_reference
 from ray_dit.serve.errors import ApiError, as_handle_error, invalid, to_api_error
 from ray_dit.serve.generation import Generation, start_outside_request
-from ray_dit.serve.http import app, read_body, read_json, v1
+from ray_dit.serve.http import app, read_json, v1
 from ray_dit.serve.readiness import Readiness
 from ray_dit.serve.schemas import (
+    ImageEditBody,
     ImageGenerationBody,
     VideoCreateBody,
-    form_to_dict,
     image_request,
     parse_body,
     video_request,
 )
 from ray_dit.serve.signing import UrlSigner, image_output
 from ray_dit.serve.types import GenerationOutput, ModelInfo, StoreReply
+from ray_dit.serve.uploads import read_form
 
 logger = logging.getLogger("ray.serve")
 
@@ -133,6 +134,26 @@ class Ingress:
         body = parse_body(ImageGenerationBody, await read_json(request, self.settings.limits.max_body_bytes))
         self._check_model(body.model)
         req = image_request(body, f"img_{uuid.uuid4().hex}", self.settings.limits, await self._model_info())
+        return await self._images(request, body, req)
+
+    @v1.post("/images/edits")
+    async def images_edits(self, request: Request) -> JSONResponse:
+        """OpenAI's image edit: a multipart form with the input ``image`` file and a prompt, for
+        image-conditioned models (``mask``, inpainting, is refused by name)."""
+        fields, files = await read_form(request, self.settings.limits)
+        body = parse_body(ImageEditBody, fields)
+        self._check_model(body.model)
+        if body.mask is not None or "mask" in files:
+            raise invalid("mask", "mask: inpainting masks are not supported; send the image alone")
+        if "image" not in files:
+            raise invalid("image", "image: upload the input image as a file (multipart field 'image')")
+        info, request_id = await self._model_info(), f"img_{uuid.uuid4().hex}"
+        req = image_request(body, request_id, self.settings.limits, info, image=files["image"])
+        return await self._images(request, body, req)
+
+    async def _images(
+        self, request: Request, body: ImageGenerationBody, req: GenerationRequest
+    ) -> JSONResponse:
         reservation = await self.spool.admit(req)
         b64 = body.response_format == "b64_json"
         started = time.perf_counter()
@@ -167,25 +188,25 @@ class Ingress:
 
     # -- videos ----------------------------------------------------------------------------
 
-    async def _video_body(self, request: Request) -> VideoCreateBody:
-        limit = self.settings.limits.max_body_bytes
+    async def _video_body(self, request: Request) -> tuple[VideoCreateBody, bytes | None]:
+        """The body (JSON, or the openai SDK's form) and its ``input_reference`` file, if any."""
         content_type = request.headers.get("content-type", "")
         if not content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-            return parse_body(VideoCreateBody, await read_json(request, limit))
-        await read_body(request, limit)
-        try:
-            form = await request.form()
-        except Exception:
-            raise ApiError(400, "invalid form body", code="invalid_json") from None
-        return parse_body(VideoCreateBody, form_to_dict(list(form.multi_items())))
+            limit = self.settings.limits.max_body_bytes
+            return parse_body(VideoCreateBody, await read_json(request, limit)), None
+        fields, files = await read_form(request, self.settings.limits)
+        unknown = sorted(set(files) - {"input_reference"})
+        if unknown:
+            raise invalid(unknown[0], f"{unknown[0]}: unknown file field; only input_reference takes a file")
+        return parse_body(VideoCreateBody, fields), files.get("input_reference")
 
     @v1.post("/videos")
     async def videos_create(self, request: Request) -> JSONResponse:
-        body = await self._video_body(request)
+        body, reference = await self._video_body(request)
         self._check_model(body.model)
         info = await self._model_info()
         job_id = f"video_{uuid.uuid4().hex}"
-        req = video_request(body, job_id, self.settings.limits, info)
+        req = video_request(body, job_id, self.settings.limits, info, image=reference)
         reservation = await self.spool.admit(req)
         job = job_runner.job_record(job_id, self.served_model_name, req, body.seconds, info)
         try:

@@ -11,7 +11,6 @@ multipart form carries only text, so a form (:class:`FormFields`) reads its numb
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from typing import Annotated, Any, Literal
@@ -21,6 +20,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Val
 from ray_dit.api import GenerationRequest, parse_size
 from ray_dit.config import CacheOverrides, ServeLimits, parse_overrides
 from ray_dit.errors import InvalidRequest
+from ray_dit.inputs import check_image
 from ray_dit.serve.errors import ApiError, invalid
 from ray_dit.serve.types import ModelInfo
 
@@ -100,7 +100,14 @@ class VideoCreateBody(_SamplingExtras):
     num_frames: int | None = None
     fps: int | None = None
     output_format: Literal["mp4"] | None = None
-    input_reference: Any = None
+    input_reference: Any = None  # a file (multipart): the input image of an image-to-video model
+
+
+class ImageEditBody(ImageGenerationBody):
+    """``POST /v1/images/edits`` (multipart): the generation fields plus the files."""
+
+    image: Any = None
+    mask: Any = None
 
 
 _EXPECTED = {
@@ -225,11 +232,34 @@ def _common_kwargs(body: _SamplingExtras, limits: ServeLimits) -> dict[str, Any]
     return kwargs
 
 
+def check_image_input(data: bytes | None, param: str, limits: ServeLimits, info: ModelInfo | None) -> None:
+    """An input image where the model takes one (and only there), of a supported format and size."""
+    takes = info.image_input if info is not None else "optional"  # unknown yet: the engine decides
+    if data is None:
+        if takes == "required":
+            assert info is not None
+            raise invalid(param, f"{param}: model {info.model!r} needs an input image (upload it as a file)")
+        return
+    if takes is None:
+        assert info is not None
+        raise invalid(param, f"{param}: model {info.model!r} takes no input image")
+    try:
+        check_image(data, limits.max_pixels, param)
+    except InvalidRequest as exc:
+        raise invalid(param, exc.message) from None
+
+
 def image_request(
-    body: ImageGenerationBody, request_id: str, limits: ServeLimits, info: ModelInfo | None
+    body: ImageGenerationBody,
+    request_id: str,
+    limits: ServeLimits,
+    info: ModelInfo | None,
+    image: bytes | None = None,
 ) -> GenerationRequest:
-    """Check an image body against the limits and turn it into the engine's request."""
+    """Check an image body (and its input image, for an edit) against the limits and turn it into
+    the engine's request."""
     _check_text("prompt", body.prompt, limits, required=True)
+    check_image_input(image, "image", limits, info)
     n = 1 if body.n is None else body.n
     if not 1 <= n <= limits.max_n:
         raise invalid("n", f"n={n}: must be between 1 and {limits.max_n} (RAY_DIT_MAX_N)")
@@ -244,6 +274,7 @@ def image_request(
         height=height,
         output_format=body.output_format or "png",
         request_id=request_id,
+        image=image,
         **_common_kwargs(body, limits),
     )
 
@@ -283,15 +314,18 @@ def _frames_for_seconds(seconds: Any, fps: int, step: int) -> int:
 
 
 def video_request(
-    body: VideoCreateBody, request_id: str, limits: ServeLimits, info: ModelInfo | None
+    body: VideoCreateBody,
+    request_id: str,
+    limits: ServeLimits,
+    info: ModelInfo | None,
+    image: bytes | None = None,
 ) -> GenerationRequest:
-    """Check a video body against the limits and turn it into the engine's request."""
+    """Check a video body (and its input image, ``input_reference``) against the limits and turn
+    it into the engine's request."""
     _check_text("prompt", body.prompt, limits, required=True)
-    if body.input_reference is not None:
-        raise invalid(
-            "input_reference",
-            "input_reference: reference images/videos are not supported (text to video only)",
-        )
+    if body.input_reference is not None and image is None:
+        raise invalid("input_reference", "input_reference: upload the input image as a file (multipart)")
+    check_image_input(image, "input_reference", limits, info)
     if info is not None and info.kind != "video":
         raise invalid("model", f"model {info.model!r} generates images: use POST /v1/images/generations")
     width, height = _check_size(body.size, limits, info)
@@ -319,39 +353,6 @@ def video_request(
         fps=body.fps or (info.fps if info else None),
         output_format="mp4",
         request_id=request_id,
+        image=image,
         **_common_kwargs(body, limits),
     )
-
-
-def form_to_dict(items: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A multipart form as the openai SDK flattens it (``a[b]=1``, ``a[]=1``) back into JSON.
-
-    A field given both as a value and as an object or list (``a=1&a[b]=2``) is a 400 naming it.
-    """
-    data: dict[str, Any] = FormFields()  # its leaves are text: parse_body reads numbers from it
-    for key, value in items:
-        name = key.split("[", 1)[0]
-        parts = key.replace("]", "").split("[")
-        if hasattr(value, "filename"):  # an uploaded file: only input_reference is a file field
-            parts, value = [name], "<file>"
-        node: Any = data
-        for part, following in itertools.pairwise(parts):
-            node = _form_child(node, part, [] if following == "" else {}, name)
-        if isinstance(node, list):
-            node.append(value)
-        elif isinstance(node.get(parts[-1]), dict | list):
-            raise _form_conflict(name)
-        else:
-            node[parts[-1]] = value
-    return data
-
-
-def _form_child(node: Any, part: str, empty: dict | list, name: str) -> Any:
-    child = node.setdefault(part, empty) if isinstance(node, dict) else None  # lists hold values
-    if not isinstance(child, type(empty)):
-        raise _form_conflict(name)
-    return child
-
-
-def _form_conflict(name: str) -> ApiError:
-    return invalid(name, f"{name}: a form field given both as a value and as an object or list")

@@ -26,6 +26,8 @@ class ModelInfo:
     size_multiple: int = 16
     #: Video frame counts are k * frame_step + 1 (the VAE's temporal compression: 4, 6, 8).
     frame_step: int = 4
+    #: "required", "optional" or None: whether the model takes an input image.
+    image_input: str | None = None
 
 
 @dataclass
