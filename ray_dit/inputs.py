@@ -50,3 +50,15 @@ def decode_image(data: bytes, max_pixels: int, param: str = "image") -> Any:
             return image.convert("RGB")
         except (OSError, ValueError):  # truncated or corrupt past the header
             raise InvalidRequest(f"{param}: the image data is damaged", param) from None
+
+
+def placeholder_image(side: int = 64) -> bytes:
+    """A small PNG (a red square on blue) where an input image is needed without a client's: the
+    defaults of an image-conditioned model, and probes."""
+    from PIL import Image
+
+    picture = Image.new("RGB", (side, side), (20, 30, 120))
+    picture.paste((220, 30, 30), (side // 4, side // 4, 3 * side // 4, 3 * side // 4))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()

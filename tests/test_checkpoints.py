@@ -138,3 +138,23 @@ def test_a_pipeline_without_a_transformer_is_refused_at_start(tmp_path: Path) ->
         Engine(
             EngineOptions(model="unet", device="cpu"), CacheDitSettings(), DDPMPipeline(unet, DDPMScheduler())
         )
+
+
+def test_a_checkpoint_samples_as_its_family_model_card_says(tmp_path: Path) -> None:
+    from ray_dit.engine.family_defaults import family_defaults
+
+    engine = _engine(str(_saved(tmp_path / "flux")))
+    card = family_defaults("FluxPipeline")
+    assert card is not None and engine.defaults == card
+    resolved = engine.resolve(GenerationRequest(prompt="x"))  # every sampling field left out
+    assert (resolved.width, resolved.height, resolved.num_inference_steps) == (
+        card.width,
+        card.height,
+        card.steps,
+    )
+    assert resolved.guidance_scale == card.guidance_scale
+    # What a request gives wins over the card.
+    asked = engine.resolve(
+        GenerationRequest(prompt="x", width=64, height=64, num_inference_steps=3, guidance_scale=2)
+    )
+    assert (asked.width, asked.num_inference_steps, asked.guidance_scale) == (64, 3, 2)

@@ -30,7 +30,7 @@ from ray_dit.serve.schemas import (
 from ray_dit.serve.uploads import form_to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = [ROOT / "serve_config.yaml", ROOT / "examples" / "serve_config.gpu.yaml"]
+CONFIGS = [ROOT / "serve_config.yaml", *sorted((ROOT / "examples").glob("*.yaml"))]
 CREDENTIALS = ("SGLANG_S3_ACCESS_KEY_ID", "SGLANG_S3_SECRET_ACCESS_KEY")
 
 

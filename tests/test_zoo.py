@@ -43,10 +43,28 @@ def _engine(model: str, settings: CacheDitSettings = ENABLED) -> Engine:
     return Engine(EngineOptions(model=model, device="cpu"), settings, spec.build(), spec.defaults)
 
 
+def _input_image() -> bytes:
+    import io
+
+    from PIL import Image
+
+    picture = Image.new("RGB", (64, 64), "navy")
+    picture.paste((220, 30, 30), (16, 16, 48, 48))  # a red square on blue
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+INPUT_IMAGE = _input_image()
+
+
 def _request(
-    prompt: str = "a red circle on a blue background", seed: int = 3, **fields: Any
+    model: str, prompt: str = "a red circle on a blue background", seed: int = 3, **fields: Any
 ) -> GenerationRequest:
+    """A request for ``model``: with an input image when the model is image-conditioned."""
     fields.setdefault("num_inference_steps", STEPS)
+    if _spec(model).task in ("edit", "image-to-video"):
+        fields.setdefault("image", INPUT_IMAGE)
     return GenerationRequest(prompt=prompt, seed=seed, **fields)
 
 
@@ -81,11 +99,11 @@ class _Counter:
 @pytest.mark.parametrize("model", [spec.id for spec in MODELS])
 def test_cache_off_with_cache_dit_mounted_is_the_plain_pipeline(model: str) -> None:
     engine = _engine(model)
-    engine.generate(_request(cache=parse_overrides(True, CACHING)))  # mounts cache-dit
-    off = engine.generate(_request(cache=parse_overrides(False, None)))
+    engine.generate(_request(model, cache=parse_overrides(True, CACHING)))  # mounts cache-dit
+    off = engine.generate(_request(model, cache=parse_overrides(False, None)))
     assert not off.cache.enabled
     plain = _spec(model).build()
-    kwargs = engine._call_kwargs(engine.resolve(_request()))
+    kwargs = engine._call_kwargs(engine.resolve(_request(model)))
     kwargs["generator"] = [torch.Generator().manual_seed(3 + i) for i in range(len(kwargs["generator"]))]
     with torch.inference_mode():
         expected = _to_uint8_frames(plain(**kwargs), engine.kind)
@@ -97,7 +115,7 @@ def test_cache_off_with_cache_dit_mounted_is_the_plain_pipeline(model: str) -> N
 @pytest.mark.parametrize("model", [spec.id for spec in MODELS])
 def test_a_caching_threshold_skips_the_blocks_the_stats_report(model: str) -> None:
     engine = _engine(model)
-    request = _request(cache=parse_overrides(True, CACHING))
+    request = _request(model, cache=parse_overrides(True, CACHING))
     engine.generate(request)  # the first request of a CFG setting also probes it
     with _Counter(engine) as counted:
         result = engine.generate(request)
@@ -124,7 +142,7 @@ def test_cache_dit_is_told_the_cfg_branches_each_step_really_runs(model: str) ->
     plan = engine._cache.plan
     engine._cache.plan = lambda s, steps, separate: told.append(separate) or plan(s, steps, separate)
     for fields in _cfg_cases(_spec(model)):
-        request = _request(cache=parse_overrides(True, CACHING), **fields)
+        request = _request(model, cache=parse_overrides(True, CACHING), **fields)
         engine.generate(request)  # probes this CFG setting
         with _Counter(engine) as counted:
             engine.generate(request)
@@ -135,9 +153,9 @@ def test_cache_dit_is_told_the_cfg_branches_each_step_really_runs(model: str) ->
 @pytest.mark.parametrize("model", [spec.id for spec in MODELS])
 def test_a_cached_request_leaves_no_state_behind(model: str) -> None:
     used = _engine(model)
-    used.generate(_request(cache=parse_overrides(True, CACHING), prompt="something else", seed=9))
-    second = used.generate(_request(cache=parse_overrides(True, CACHING)))
-    fresh = _engine(model).generate(_request(cache=parse_overrides(True, CACHING)))
+    used.generate(_request(model, cache=parse_overrides(True, CACHING), prompt="something else", seed=9))
+    second = used.generate(_request(model, cache=parse_overrides(True, CACHING)))
+    fresh = _engine(model).generate(_request(model, cache=parse_overrides(True, CACHING)))
     assert np.array_equal(second.frames, fresh.frames)
     assert second.cache.cached_step_indices == fresh.cache.cached_step_indices
 
@@ -153,7 +171,7 @@ def test_secondary_settings_drive_the_second_expert_of_every_two_expert_model() 
     two_expert = [spec for spec in MODELS if getattr(spec.build(), "transformer_2", None) is not None]
     assert two_expert, "no two-expert model registered"
     for spec in two_expert:
-        stats = _engine(spec.id, settings).generate(_request(num_inference_steps=12)).cache
+        stats = _engine(spec.id, settings).generate(_request(spec.id, num_inference_steps=12)).cache
         assert stats.secondary is not None, spec.id
         offset = stats.total_steps - stats.secondary.total_steps
         low = [i - offset for i in stats.cached_step_indices if i >= offset]

@@ -9,6 +9,7 @@ from typing import Any
 
 from ray_dit.api import GenerationRequest
 from ray_dit.engine.registry import ModelSpec
+from ray_dit.inputs import placeholder_image
 
 #: The CFG settings a model is probed under, as a request's fields: its defaults, guidance off
 #: and on (``guidance_scale``), and true CFG (``true_cfg_scale`` with a negative prompt).
@@ -62,8 +63,9 @@ def describe(spec: ModelSpec, probe: bool = False) -> ModelRow:
     pipe = spec.build()
     build_s = time.perf_counter() - started
     engine = Engine(EngineOptions(model=spec.id, device="cpu"), CacheDitSettings(), pipe, spec.defaults)
+    image = placeholder_image() if engine.image_input else None  # image-conditioned models
     calls = {
-        name: engine.calls_per_step(GenerationRequest(prompt="a red circle", seed=0, **fields))
+        name: engine.calls_per_step(GenerationRequest(prompt="a red circle", seed=0, image=image, **fields))
         for name, fields in CFG_SETTINGS.items()
     }
     return ModelRow(

@@ -26,7 +26,7 @@ from ray_dit.engine.loader import (
 )
 from ray_dit.engine.registry import ModelDefaults
 from ray_dit.errors import ConfigError, InvalidRequest, RequestCancelled
-from ray_dit.inputs import check_image, decode_image
+from ray_dit.inputs import check_image, decode_image, placeholder_image
 
 StepCallback = Callable[[int, int], None]
 # An input image's pixels at most, whoever calls the engine (the HTTP edge checks its own limit).
@@ -74,7 +74,7 @@ class Engine:
         self.frame_step = temporal_factor(self.pipe)
         self._params = call_parameters(self.pipe)
         #: "required", "optional" or None: whether the pipeline takes an input image.
-        self.image_input = image_input(self._params)
+        self.image_input = "required" if self.defaults.needs_image else image_input(self._params)
         if getattr(self.pipe, "transformer", None) is None:
             raise ConfigError(
                 [
@@ -146,6 +146,12 @@ class Engine:
             ("cache_dit_params", message) for message in [*blocks, *([unsupported] if unsupported else [])]
         ]
         return problems
+
+    def resolved_defaults(self) -> GenerationRequest:
+        """What a request that names nothing but a prompt samples with (with a placeholder input
+        image for a model that needs one)."""
+        image = placeholder_image() if self.image_input == "required" else None
+        return self.resolve(GenerationRequest(prompt="-", image=image))
 
     def _image_problems(self, request: GenerationRequest) -> list[tuple[str, str]]:
         name = type(self.pipe).__name__
@@ -227,6 +233,9 @@ class Engine:
         for key in ("num_images_per_prompt", "num_videos_per_prompt"):
             if key in self._params:
                 kwargs[key] = request.n
+        if "max_area" in self._params and request.width and request.height:
+            kwargs["max_area"] = request.width * request.height  # Kontext sizes by area, not by size
+        kwargs.update(self.defaults.call_options)
         return {k: v for k, v in kwargs.items() if v is not None}
 
     # -- generation -----------------------------------------------------------------------

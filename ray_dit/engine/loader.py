@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ray_dit.engine import registry
+from ray_dit.engine.family_defaults import family_defaults
 from ray_dit.engine.registry import ModelDefaults
 from ray_dit.errors import InvalidRequest
 
@@ -62,7 +63,9 @@ def load_pipeline(
         known = ", ".join(s.id for s in registry.registered())
         raise InvalidRequest(f"model={model!r}: unknown built-in model; known models: {known}", "model")
     else:
-        pipe, defaults = _from_pretrained(model, torch_dtype, transformer), ModelDefaults()
+        pipe = _from_pretrained(model, torch_dtype, transformer)
+        # A checkpoint samples as its family's model card says, where a request is silent.
+        defaults = family_defaults(type(pipe).__name__) or ModelDefaults()
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     for component in pipe.components.values():
@@ -124,11 +127,13 @@ _TEMPORAL_ATTRIBUTES = (
 
 def temporal_factor(pipe: Any) -> int:
     """Frames a video pipeline's latent frame stands for (4 for Wan, 6 for Mochi, 8 for LTX)."""
+    patches = getattr(getattr(getattr(pipe, "transformer", None), "config", None), "patch_size_t", None)
+    patches = patches if isinstance(patches, int) and patches > 0 else 1  # CogVideoX 1.5: 2
     for name in _TEMPORAL_ATTRIBUTES:
         value = getattr(pipe, name, None)
         if isinstance(value, int) and value > 0:
-            return value
-    return 4
+            return value * patches
+    return 4 * patches
 
 
 def image_input(params: dict[str, inspect.Parameter]) -> str | None:

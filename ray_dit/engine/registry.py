@@ -10,8 +10,8 @@ touching ray_dit. Any id that is not registered is loaded with ``DiffusionPipeli
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -37,6 +37,11 @@ class ModelDefaults:
     negative_prompt: str | None = None
     #: The guidance scale of the model card, where it differs from the pipeline's default.
     guidance_scale: float | None = None
+    #: An image-conditioned model whose pipeline signature leaves ``image`` optional although
+    #: it cannot run without one (LTX image to video).
+    needs_image: bool = False
+    #: Fixed pipeline arguments of this model (a tiny build's ``_auto_resize=False``, say).
+    call_options: Mapping[str, Any] = field(default_factory=dict)
 
     def cfg_fields(self, request: Any) -> dict[str, Any]:
         """The CFG defaults for the fields ``request`` left out (None)."""

@@ -52,7 +52,7 @@ class DiTDeployment:
         self._jobs = jobs
         self._sink = sink
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="denoise")
-        defaults = self.engine.resolve(GenerationRequest(prompt="-"))
+        defaults = self.engine.resolved_defaults()
         self.info = ModelInfo(
             model=model,
             kind=self.engine.kind,
