@@ -73,23 +73,28 @@ def build_flux_large() -> Any:
     )
 
 
+#: The tiny Wan transformer's config; Wan-architecture families (SkyReels-V2, Wan image to video)
+#: start from it.
+WAN_TRANSFORMER: dict[str, Any] = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=2,
+    attention_head_dim=12,
+    in_channels=16,
+    out_channels=16,
+    text_dim=32,
+    freq_dim=256,
+    ffn_dim=32,
+    num_layers=2,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    rope_max_seq_len=32,
+)
+
+
 def _wan_transformer() -> Any:
     from diffusers import WanTransformer3DModel
 
-    return WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
-        in_channels=16,
-        out_channels=16,
-        text_dim=32,
-        freq_dim=256,
-        ffn_dim=32,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-    )
+    return WanTransformer3DModel(**WAN_TRANSFORMER)
 
 
 def build_wan_tiny(two_experts: bool = False) -> Any:

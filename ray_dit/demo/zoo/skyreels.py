@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ray_dit.demo.random_models import WAN_TRANSFORMER
 from ray_dit.demo.tiny_components import freeze
 from ray_dit.demo.zoo._t5_family import t5_pair, video_defaults
 from ray_dit.engine.registry import ModelSpec
@@ -40,20 +41,7 @@ def build() -> Any:
     vae = AutoencoderKLWan(
         base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
     )
-    transformer = SkyReelsV2Transformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=16,
-        in_channels=16,
-        out_channels=16,
-        text_dim=32,
-        freq_dim=256,
-        ffn_dim=32,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-    )
+    transformer = SkyReelsV2Transformer3DModel(**{**WAN_TRANSFORMER, "attention_head_dim": 16})
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=8.0
     )

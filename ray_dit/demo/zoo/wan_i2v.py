@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ray_dit.demo.random_models import build_wan_tiny
+from ray_dit.demo.random_models import WAN_TRANSFORMER, build_wan_tiny
 from ray_dit.demo.tiny_components import freeze
 from ray_dit.engine.registry import ModelDefaults, ModelSpec
 
@@ -54,18 +54,7 @@ def build() -> Any:
     torch.manual_seed(SEED)
     image_encoder, image_processor = _image_encoder()
     transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
-        in_channels=36,
-        out_channels=16,
-        text_dim=32,
-        freq_dim=256,
-        ffn_dim=32,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
+        **{**WAN_TRANSFORMER, "in_channels": 36},  # noise + image latents + mask
         image_dim=CLIP_WIDTH,
         added_kv_proj_dim=24,  # the transformer's width, as in the 14B model
     )
