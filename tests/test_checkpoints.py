@@ -39,9 +39,11 @@ import hashlib, sys
 from ray_dit.api import GenerationRequest
 from ray_dit.config import CacheDitSettings
 from ray_dit.engine import Engine, EngineOptions
-engine = Engine(EngineOptions(model=sys.argv[1], device="cpu"), cache_settings=CacheDitSettings())
-frames = engine.generate(GenerationRequest(prompt="a red circle", seed=0, width=64, height=64, num_inference_steps=3)).frames
-print(frames.shape, hashlib.md5(frames.tobytes()).hexdigest())
+for model in sys.argv[1:]:
+    engine = Engine(EngineOptions(model=model, device="cpu"), cache_settings=CacheDitSettings())
+    request = GenerationRequest(prompt="a red circle", seed=0, width=64, height=64, num_inference_steps=3)
+    frames = engine.generate(request).frames
+    print(frames.shape, hashlib.md5(frames.tobytes()).hexdigest())
 """
 
 
@@ -56,16 +58,14 @@ def test_a_hub_id_loads_from_the_local_cache_offline(tmp_path: Path) -> None:
     (repo / "refs" / "main").write_text(revision)
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
 
-    def load(model: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-c", _HUB_PROGRAM, model], env=env, capture_output=True, text=True, timeout=300
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-        return done.stdout.strip().splitlines()[-1]
-
-    from_hub = load("acme/flux-tiny")
+    models = ["acme/flux-tiny", str(repo / "snapshots" / revision)]
+    done = subprocess.run(
+        [sys.executable, "-c", _HUB_PROGRAM, *models], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    from_hub, from_dir = done.stdout.strip().splitlines()[-2:]
     assert from_hub.startswith("(1, 1, 64, 64, 3)")
-    assert from_hub == load(str(repo / "snapshots" / revision))
+    assert from_hub == from_dir
 
 
 def test_a_transformer_from_a_separate_path_replaces_the_pipelines_own(tmp_path: Path) -> None:
