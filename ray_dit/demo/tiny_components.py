@@ -55,25 +55,32 @@ def set_lowercase(tok: Any) -> None:
     tok.backend_tokenizer.normalizer = normalizers.Lowercase()
 
 
-def clip_text_encoder(tok: Any, width: int, layers: int, heads: int, max_positions: int) -> Any:
-    from transformers import CLIPTextConfig, CLIPTextModel
+def clip_config(
+    tok: Any, width: int, layers: int, heads: int, max_positions: int, projection: int | None = None
+) -> Any:
+    """A tiny CLIP text config for ``tok``; dropout 0 so a seed gives one image."""
+    from transformers import CLIPTextConfig
 
-    return CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tok),
-            hidden_size=width,
-            intermediate_size=2 * width,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            max_position_embeddings=max_positions,
-            projection_dim=width,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-            attention_dropout=0.0,
-            dropout=0.0,
-        )
+    return CLIPTextConfig(
+        vocab_size=len(tok),
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=max_positions,
+        projection_dim=projection or width,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        attention_dropout=0.0,
+        dropout=0.0,
     )
+
+
+def clip_text_encoder(tok: Any, width: int, layers: int, heads: int, max_positions: int) -> Any:
+    from transformers import CLIPTextModel
+
+    return CLIPTextModel(clip_config(tok, width, layers, heads, max_positions))
 
 
 def t5_text_encoder(tok: Any, width: int, layers: int, heads: int, umt5: bool = False, **extra: Any) -> Any:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ray_dit.demo.tiny_components import t5_text_encoder, t5_tokenizer
+from ray_dit.demo.tiny_components import clip_config, t5_text_encoder, t5_tokenizer
 from ray_dit.engine.registry import ModelDefaults
 
 TEXT_LENGTH = 32  # tokens the tiny T5 encoders are called with (a request cannot change it)
@@ -16,24 +16,9 @@ TEXT_LENGTH = 32  # tokens the tiny T5 encoders are called with (a request canno
 
 def clip_with_projection(tok: Any, width: int, layers: int, heads: int, projection: int) -> Any:
     """A CLIP text tower with its pooled projection (SD3's CLIP-L and CLIP-G class), 77 positions."""
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    from transformers import CLIPTextModelWithProjection
 
-    return CLIPTextModelWithProjection(
-        CLIPTextConfig(
-            vocab_size=len(tok),
-            hidden_size=width,
-            intermediate_size=2 * width,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            max_position_embeddings=77,
-            projection_dim=projection,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-            attention_dropout=0.0,
-            dropout=0.0,
-        )
-    )
+    return CLIPTextModelWithProjection(clip_config(tok, width, layers, heads, 77, projection))
 
 
 def t5_pair(width: int = 32, umt5: bool = False, **extra: Any) -> tuple[Any, Any]:
