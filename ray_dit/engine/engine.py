@@ -44,6 +44,8 @@ class EngineOptions:
     size_multiple: int = 16
     #: A transformer checkpoint replacing the pipeline's own (a directory or hub id).
     transformer: str | None = None
+    #: Regional ``torch.compile`` of the transformer's repeated blocks (``engine/compile.py``).
+    compile: bool = False
 
 
 class Engine:
@@ -90,6 +92,10 @@ class Engine:
         problems += [unsupported] if unsupported else []
         if problems:
             raise ConfigError(problems)
+        if self.options.compile:
+            from ray_dit.engine.compile import compile_transformer
+
+            compile_transformer(self.pipe)
         self._lock = threading.Lock()
         self.device = str(self.pipe.device)
 

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from ray.serve import Application
 
+from ray_dit.api import parse_size
 from ray_dit.config import limits_from_mapping
 from ray_dit.errors import ConfigError
 from ray_dit.serve.dit import DiTDeployment
@@ -41,8 +42,22 @@ class AppArgs(BaseModel):
     dit_replicas: int = Field(1, ge=1)
     sink_replicas: int = Field(1, ge=1)
     ingress_replicas: int = Field(1, ge=1)
-    max_ongoing_requests: int = Field(1, ge=1, le=8)
+    #: Requests one DiT replica holds at once: denoising, or waiting to join a batch. Raised to
+    #: ``max_batch_size`` when left out (a batch can not be larger than what the replica holds).
+    max_ongoing_requests: int = Field(1, ge=1, le=64)
     max_queued_requests: int = Field(8, ge=1)
+    #: Outputs one pipeline call may denoise together; requests that can share a call are grouped
+    #: (``serve/batching.py``). 1 turns batching off. Named as Ray Serve's ``@serve.batch`` names it.
+    max_batch_size: int = Field(1, ge=1, le=64)
+    #: How long the first request of a batch may wait for company; 0 only batches what queued
+    #: while the replica was busy, so a lone request never waits.
+    batch_wait_timeout_s: float = Field(0.0, ge=0, le=10)
+    #: Run one small generation at start-up (at the default size and each ``warmup_sizes`` entry)
+    #: before the replica reports ready, so the first user request costs what the second does.
+    warmup: bool = True
+    warmup_sizes: list[str] = Field(default_factory=list)
+    #: Regional ``torch.compile`` of the transformer's repeated blocks (``engine/compile.py``).
+    compile: bool = False
     limits: dict[str, Any] = Field(default_factory=dict)
     #: Environment variables for the frame sink replicas only, on top of the app's runtime_env:
     #: storage credentials then reach only the processes that upload.
@@ -83,13 +98,34 @@ class AppArgs(BaseModel):
             raise ValueError("; ".join(exc.problems)) from None
         return value
 
+    @field_validator("warmup_sizes")
+    @classmethod
+    def _warmup_sizes(cls, value: list[str]) -> list[str]:
+        for size in value:
+            parse_size(size)  # ValueError names the size and the form
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> AppArgs:
         if self.device.startswith("cuda") and self.num_gpus == 0:
             raise ValueError(
                 "device is cuda but num_gpus is 0: set num_gpus (e.g. 1) to give the replica a GPU"
             )
+        if (
+            "max_ongoing_requests" in self.model_fields_set
+            and self.max_ongoing_requests < self.max_batch_size
+        ):
+            raise ValueError(
+                f"max_ongoing_requests={self.max_ongoing_requests} is below max_batch_size="
+                f"{self.max_batch_size}: a replica can not batch more requests than it holds"
+            )
         return self
+
+    @property
+    def dit_ongoing_requests(self) -> int:
+        if "max_ongoing_requests" in self.model_fields_set:
+            return self.max_ongoing_requests
+        return max(self.max_ongoing_requests, self.max_batch_size)
 
 
 def parse_args(args: dict[str, Any] | None) -> AppArgs:
@@ -133,7 +169,7 @@ def compose(
         sink_options["ray_actor_options"] = {**actor, "runtime_env": {"env_vars": dict(cfg.sink_env_vars)}}
     sink = FrameSinkDeployment.options(**sink_options).bind()
     dit = DiTDeployment.options(
-        max_ongoing_requests=cfg.max_ongoing_requests,
+        max_ongoing_requests=cfg.dit_ongoing_requests,
         max_queued_requests=cfg.max_queued_requests,
         ray_actor_options={"num_cpus": cfg.dit_num_cpus, "num_gpus": cfg.num_gpus},
         **({"func_or_class": dit_class} if dit_class is not None else {}),
@@ -145,6 +181,7 @@ def compose(
         jobs,
         sink,
         **({"transformer": cfg.transformer} if cfg.transformer else {}),
+        **_replica_options(cfg),
     )
     # The DiT replica count sizes Retry-After; under autoscaling it is unknown, and 1 errs long.
     dit_replicas = cfg.dit_replicas if "dit_replicas" in given else 1
@@ -155,6 +192,17 @@ def compose(
     return Ingress.options(**ingress_options).bind(
         dit, sink, jobs, cfg.model, cfg.served_model_name, cfg.limits or None, dit_replicas
     )
+
+
+#: DiT replica arguments that come straight from the app args.
+REPLICA_OPTIONS = ("max_batch_size", "batch_wait_timeout_s", "warmup", "warmup_sizes", "compile")
+
+
+def _replica_options(cfg: AppArgs) -> dict[str, Any]:
+    """Those of :data:`REPLICA_OPTIONS` that differ from their defaults (a replica class that
+    stands in for the DiT in benchmarks need not take them)."""
+    defaults = AppArgs()
+    return {n: getattr(cfg, n) for n in REPLICA_OPTIONS if getattr(cfg, n) != getattr(defaults, n)}
 
 
 __all__ = ["AppArgs", "build_app", "compose", "parse_args"]

@@ -43,11 +43,20 @@ class DiTDeployment:
         jobs: DeploymentHandle | None = None,
         sink: DeploymentHandle | None = None,
         transformer: str | None = None,
+        *,
+        max_batch_size: int = 1,
+        batch_wait_timeout_s: float = 0.0,
+        warmup: bool = True,
+        warmup_sizes: list[str] | tuple[str, ...] = (),
+        compile: bool = False,
     ) -> None:
         from ray_dit.engine import Engine, EngineOptions  # torch/diffusers load only here
 
         t0 = time.perf_counter()
-        self.engine = Engine(EngineOptions(model=model, device=device, dtype=dtype, transformer=transformer))
+        options = EngineOptions(
+            model=model, device=device, dtype=dtype, transformer=transformer, compile=compile
+        )
+        self.engine = Engine(options)
         self.model = model
         self._jobs = jobs
         self._sink = sink
