@@ -139,6 +139,9 @@ class GenerationResult:
     request_id: str = ""
     timings: Timings = field(default_factory=Timings)
     cache: CacheStats = field(default_factory=CacheStats)
+    #: Outputs denoised in the same pipeline call (this request's and its batch-mates'); the
+    #: cache statistics were decided over all of them.
+    batch_size: int = 1
 
     @property
     def width(self) -> int:

@@ -92,9 +92,12 @@ class FakeEngine:
         self.steps, self.step_s, self.decode_s = steps, step_s, decode_s
 
     def resolve(self, request: GenerationRequest) -> GenerationRequest:
-        return request
+        return request.replace(num_inference_steps=self.steps)
 
-    def generate(self, request: GenerationRequest, on_step=None, should_cancel=None):
+    def batch_key(self, request: GenerationRequest) -> object:
+        return request.num_inference_steps
+
+    def generate_batch(self, requests, on_step=None, should_cancel=None):
         import time
 
         import numpy as np
@@ -104,18 +107,18 @@ class FakeEngine:
 
         for step in range(self.steps):
             time.sleep(self.step_s)
+            if on_step:
+                on_step(step + 1, self.steps)
             if should_cancel and should_cancel():
                 raise RequestCancelled(f"after step {step + 1}")
         time.sleep(self.decode_s)
-        return GenerationResult(
-            frames=np.zeros((1, 1, 16, 16, 3), np.uint8), kind="image", seed=1, steps=self.steps
-        )
+        frames = np.zeros((1, 1, 16, 16, 3), np.uint8)
+        return [GenerationResult(frames=frames, kind="image", seed=1, steps=self.steps) for _ in requests]
 
 
-def _dit(engine: FakeEngine, monkeypatch):
-    from concurrent.futures import ThreadPoolExecutor
-
+def _dit(engine: FakeEngine, monkeypatch, max_batch_size: int = 1):
     from ray_dit.serve import dit as dit_module
+    from ray_dit.serve.batching import BatchQueue
 
     quiet = SimpleNamespace(inc=lambda *a, **k: None, observe=lambda *a, **k: None)
     monkeypatch.setattr(dit_module.metrics, "cancelled_requests", lambda: quiet)
@@ -129,10 +132,8 @@ def _dit(engine: FakeEngine, monkeypatch):
         stored.append((result, fmt))
         return "stored"
 
-    replica.engine = engine
-    replica._jobs = None
-    replica._sink = SimpleNamespace(store=SimpleNamespace(remote=store))
-    replica._executor = ThreadPoolExecutor(max_workers=1)
+    sink = SimpleNamespace(store=SimpleNamespace(remote=store))
+    replica._attach(engine, None, sink, BatchQueue(max_batch_size))
     return replica, stored
 
 
@@ -170,10 +171,10 @@ def test_an_error_inside_the_pipeline_is_not_blamed_on_the_client(monkeypatch):
 
     engine = FakeEngine(steps=1, step_s=0.0, decode_s=0.0)
 
-    def broken(request, on_step=None, should_cancel=None):
+    def broken(requests, on_step=None, should_cancel=None):
         raise ValueError("Expected all tensors to be on the same device")
 
-    engine.generate = broken
+    engine.generate_batch = broken
     replica, _ = _dit(engine, monkeypatch)
     request = GenerationRequest(prompt="x", request_id="img_0123456789abcdef")
     try:

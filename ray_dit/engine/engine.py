@@ -1,11 +1,13 @@
-"""The engine: one pipeline, one denoise at a time, Cache-DiT refreshed per request."""
+"""The engine: one pipeline, one pipeline call at a time (one request or a batch of compatible
+ones), Cache-DiT refreshed per call."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +17,7 @@ import torch
 from ray_dit.api import GenerationRequest, GenerationResult, Timings
 from ray_dit.config import CacheDitSettings, cache_dit_from_env
 from ray_dit.config.cache_dit import knob_variable
+from ray_dit.engine.batch import batch_key, batched_inputs, split_frames
 from ray_dit.engine.cache import CacheDitController
 from ray_dit.engine.cfg_probe import CfgProbe
 from ray_dit.engine.loader import (
@@ -246,6 +249,11 @@ class Engine:
 
     # -- generation -----------------------------------------------------------------------
 
+    def batch_key(self, request: GenerationRequest) -> Hashable | None:
+        """What ``request`` (resolved) must share with others to join their pipeline call; None
+        when it runs alone (``engine/batch.py``)."""
+        return batch_key(request, self.settings_for(request))
+
     def generate(
         self,
         request: GenerationRequest,
@@ -254,17 +262,37 @@ class Engine:
     ) -> GenerationResult:
         """Run one request. Raises InvalidRequest for what this model cannot take, RequestCancelled
         when ``should_cancel`` turns true (checked after every step)."""
-        request = self.resolve(request)
-        settings = self.settings_for(request)
-        kwargs = self._call_kwargs(request)
-        steps = int(request.num_inference_steps or 0)
+        return self.generate_batch([request], on_step, should_cancel)[0]
+
+    def generate_batch(
+        self,
+        requests: Sequence[GenerationRequest],
+        on_step: StepCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> list[GenerationResult]:
+        """Run requests that share a :meth:`batch_key` in one pipeline call (one request: the
+        call it would make alone). Results are in the requests' order; cache statistics are the
+        call's, decided over the whole batch."""
+        requests = [self.resolve(r) for r in requests]
+        lead = requests[0]
+        key = self.batch_key(lead)
+        if len(requests) > 1 and (key is None or any(self.batch_key(r) != key for r in requests)):
+            raise ValueError("generate_batch: these requests can not share a pipeline call")
+        settings = self.settings_for(lead)
+        kwargs = self._call_kwargs(lead)
+        solo = dict(kwargs)  # the shape of one request's call: what the CFG probe runs
+        if len(requests) > 1:
+            kwargs.update(
+                batched_inputs(requests, "cpu" if self.device == "mps" else self.device, self._params)
+            )
+        steps = int(lead.num_inference_steps or 0)
         hook = _StepHook(steps, on_step, should_cancel)
         if "callback_on_step_end" in self._params:
             kwargs["callback_on_step_end"] = hook
         t_arrive = time.perf_counter()
-        with self._lock, self._guider(request):
+        with self._lock, self._guider(lead):
             t_start = time.perf_counter()
-            plan = self._cache.plan(settings, steps, self._runs_separate_cfg(settings, kwargs))
+            plan = self._cache.plan(settings, steps, self._runs_separate_cfg(settings, solo))
             self._cache.prepare(plan)
             with torch.inference_mode():
                 output = self.pipe(**kwargs)
@@ -273,23 +301,27 @@ class Engine:
         frames = _to_uint8_frames(output, self.kind)
         t_end = time.perf_counter()
         last_step = hook.last_step_at or t_done
-        timings = Timings(
-            queue_s=t_start - t_arrive,
-            denoise_s=last_step - t_start,
-            decode_s=t_done - last_step,
-            postprocess_s=t_end - t_done,
-            total_s=t_end - t_arrive,
-        )
-        return GenerationResult(
-            frames=frames,
-            kind=self.kind,
-            seed=request.seed,
-            steps=steps,
-            fps=request.fps,
-            request_id=request.request_id,
-            timings=timings,
-            cache=stats,
-        )
+        outputs = sum(r.n for r in requests)
+        return [
+            GenerationResult(
+                frames=part,
+                kind=self.kind,
+                seed=request.seed,
+                steps=steps,
+                fps=request.fps,
+                request_id=request.request_id,
+                timings=Timings(
+                    queue_s=t_start - t_arrive,
+                    denoise_s=last_step - t_start,
+                    decode_s=t_done - last_step,
+                    postprocess_s=t_end - t_done,
+                    total_s=t_end - t_arrive,
+                ),
+                cache=copy.deepcopy(stats),
+                batch_size=outputs,
+            )
+            for request, part in zip(requests, split_frames(frames, requests), strict=True)
+        ]
 
 
 class _StepHook:

@@ -55,7 +55,7 @@ def image_response(
     b64: bool,
     signer: UrlSigner | None = None,
 ) -> dict:
-    """OpenAI's ImagesResponse plus ray_dit's extras (id, seed, steps, timings, cache)."""
+    """OpenAI's ImagesResponse plus ray_dit's extras (id, seed, steps, timings, cache, batch_size)."""
     if b64:
         data = [{"b64_json": base64.b64encode(out.data or b"").decode("ascii")} for out in reply.outputs]
     else:
@@ -72,6 +72,7 @@ def image_response(
         "steps": meta.steps,
         "timings": final_timings(reply, generation, started),
         "cache": meta.cache.as_dict(),
+        "batch_size": meta.batch_size,
     }
 
 
@@ -90,5 +91,6 @@ def generation_output(reply: StoreReply, generation: Generation, started: float)
         cache=meta.cache,
         urls=[out.url for out in reply.outputs],
         keys=[out.key for out in reply.outputs],
+        batch_size=meta.batch_size,
         _frames_ref=generation.frames_ref,
     )

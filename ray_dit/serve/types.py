@@ -44,6 +44,7 @@ class ResultMeta:
     fps: int | None = None
     timings: Timings = field(default_factory=Timings)
     cache: CacheStats = field(default_factory=CacheStats)
+    batch_size: int = 1
 
     @classmethod
     def of(cls, result: GenerationResult, timings: Timings) -> ResultMeta:
@@ -58,6 +59,7 @@ class ResultMeta:
             fps=result.fps,
             timings=timings,
             cache=result.cache,
+            batch_size=result.batch_size,
         )
 
 
@@ -93,6 +95,8 @@ class GenerationOutput:
     urls: list[str | None]
     keys: list[str]
     fps: int | None = None
+    #: Outputs denoised in the same pipeline call as this request's (its own included).
+    batch_size: int = 1
     _frames_ref: Any = field(default=None, repr=False)
     _frames: Any = field(default=None, repr=False)
 
