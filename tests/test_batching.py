@@ -159,7 +159,10 @@ def test_batches_hold_every_request_once_and_respect_key_limit_and_order(request
 def shapes():
     from ray_dit.engine import Engine, EngineOptions
 
-    return Engine(EngineOptions(model="demo:shapes", device="cpu"), cache_settings=CacheDitSettings())
+    engine = Engine(EngineOptions(model="demo:shapes", device="cpu"), cache_settings=CacheDitSettings())
+    assert engine.batch_key(engine.resolve(REQUESTS[0])) is None  # nothing is batched before the probe
+    assert engine.batchable()
+    return engine
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -204,11 +207,24 @@ def test_requests_that_can_not_share_a_call_are_refused_together(shapes):
     assert shapes.batch_key(shapes.resolve(other)) != shapes.batch_key(shapes.resolve(REQUESTS[0]))
 
 
+@pytest.mark.parametrize("model", ["demo:allegro-tiny", "demo:hunyuan-video15-tiny", "demo:wan-i2v-tiny"])
+def test_a_pipeline_that_can_not_take_a_batch_of_prompts_runs_requests_alone(model):
+    """diffusers 0.42's Allegro and HunyuanVideo 1.5 pipelines break on a list of prompts (a shape
+    error in their first step), and an image-to-video model takes one input image per call: the
+    probe finds it at start-up, so no request pays for a failed batch."""
+    from ray_dit.engine import Engine, EngineOptions
+
+    engine = Engine(EngineOptions(model=model, device="cpu"), cache_settings=CacheDitSettings())
+    assert engine.batchable() is False
+    assert engine.batch_key(engine.resolved_defaults()) is None
+
+
 def test_cache_decisions_of_a_batch_are_the_calls_and_every_request_reports_them():
     from ray_dit.engine import Engine, EngineOptions
 
     caching = CacheDitSettings(enabled=True, primary=DBCacheKnobs(rdt=0.9, warmup=2))
     engine = Engine(EngineOptions(model="demo:shapes", device="cpu"), cache_settings=caching)
+    assert engine.batchable()
     batched = engine.generate_batch(REQUESTS)
     stats = [r.cache for r in batched]
     assert stats[0].enabled and stats[0].cached_steps > 0, stats[0]

@@ -19,6 +19,7 @@ import torch
 
 from ray_dit.api import GenerationRequest
 from ray_dit.config import CacheDitSettings
+from ray_dit.engine.cfg_probe import CfgProbe
 
 #: The pipeline arguments that say how many outputs each prompt gets.
 PER_PROMPT = ("num_images_per_prompt", "num_videos_per_prompt")
@@ -57,6 +58,30 @@ def batched_inputs(requests: Sequence[GenerationRequest], device: str, params: A
         if key in params:
             inputs[key] = 1
     return inputs
+
+
+def batch_problem(probe: CfgProbe, lead: GenerationRequest, kwargs: dict[str, Any]) -> str | None:
+    """Why the pipeline can not denoise two prompts in one call, None if it can: a whole
+    two-output call (2 steps and the decode) at the probe's small size. Some pipelines break on a
+    batch of prompts (diffusers 0.42: Allegro in its decode, HunyuanVideo 1.5 in its first step),
+    so batching is never assumed."""
+    small = probe.small_kwargs(kwargs)
+    small.pop("callback_on_step_end", None)
+    small.update(num_inference_steps=2, output_type=kwargs.get("output_type", "np"))
+    pair = [lead.replace(n=1, seed=0), lead.replace(n=1, seed=1, prompt=f"{lead.prompt}, again")]
+    small.update(batched_inputs(pair, small["generator"][0].device, probe.params))
+    try:
+        with torch.inference_mode():
+            output = probe.pipe(**small)
+        outputs = getattr(output, "frames", None)
+        outputs = getattr(output, "images", None) if outputs is None else outputs
+        if outputs is None or len(outputs) != len(pair):
+            return (
+                f"a call with {len(pair)} prompts returned {0 if outputs is None else len(outputs)} outputs"
+            )
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def split_frames(frames: np.ndarray, requests: Sequence[GenerationRequest]) -> list[np.ndarray]:

@@ -74,7 +74,8 @@ class CfgProbe:
             return value
         return max(self.size_multiple, min(value, PROBE_SIDE) // self.size_multiple * self.size_multiple)
 
-    def _probe_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def small_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``kwargs`` for a one-output call at a small size that stops after its first step."""
         probe = {k: v for k, v in kwargs.items() if k in self.params}  # the key may hold more
         probe.update(height=self._small(kwargs.get("height")), width=self._small(kwargs.get("width")))
         device = kwargs["generator"][0].device if kwargs.get("generator") else "cpu"
@@ -97,14 +98,21 @@ class CfgProbe:
 
         hooks = [t.register_forward_pre_hook(count) for t in self.transformers]
         try:
-            with torch.inference_mode():
-                self.pipe(**self._probe_kwargs(kwargs))
-        except _FirstStepDone:
-            pass
+            first_step(self.pipe, self.small_kwargs(kwargs))
         finally:
             for hook in hooks:
                 hook.remove()
         return max(1, calls[0])
+
+
+def first_step(pipe: Any, kwargs: dict[str, Any]) -> None:
+    """Run a call made by :meth:`CfgProbe.small_kwargs` to the end of its first step (a pipeline
+    without a step callback runs its single step); raises whatever the call raises."""
+    try:
+        with torch.inference_mode():
+            pipe(**kwargs)
+    except _FirstStepDone:
+        pass
 
 
 def _stop_after_first_step(pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -17,7 +18,7 @@ import torch
 from ray_dit.api import GenerationRequest, GenerationResult, Timings
 from ray_dit.config import CacheDitSettings, cache_dit_from_env
 from ray_dit.config.cache_dit import knob_variable
-from ray_dit.engine.batch import batch_key, batched_inputs, split_frames
+from ray_dit.engine.batch import batch_key, batch_problem, batched_inputs, split_frames
 from ray_dit.engine.cache import CacheDitController
 from ray_dit.engine.cfg_probe import CfgProbe
 from ray_dit.engine.loader import (
@@ -31,6 +32,7 @@ from ray_dit.engine.registry import ModelDefaults
 from ray_dit.errors import ConfigError, InvalidRequest, RequestCancelled
 from ray_dit.inputs import check_image, decode_image, placeholder_image
 
+logger = logging.getLogger(__name__)
 StepCallback = Callable[[int, int], None]
 # An input image's pixels at most, whoever calls the engine (the HTTP edge checks its own limit).
 MAX_INPUT_PIXELS = 4096 * 4096
@@ -101,6 +103,7 @@ class Engine:
             compile_transformer(self.pipe)
         self._lock = threading.Lock()
         self.device = str(self.pipe.device)
+        self._batchable: bool | None = None  # probed on first use (batchable())
 
     # -- request shaping ------------------------------------------------------------------
 
@@ -251,8 +254,23 @@ class Engine:
 
     def batch_key(self, request: GenerationRequest) -> Hashable | None:
         """What ``request`` (resolved) must share with others to join their pipeline call; None
-        when it runs alone (``engine/batch.py``)."""
-        return batch_key(request, self.settings_for(request))
+        when it runs alone (``engine/batch.py``), as every request does until :meth:`batchable`
+        found that the pipeline takes a batch of prompts."""
+        return batch_key(request, self.settings_for(request)) if self._batchable else None
+
+    def batchable(self) -> bool:
+        """Whether this pipeline denoises several prompts in one call, probed once (the first step
+        of a two-prompt call at a small size). Takes the engine's lock: it runs the pipeline."""
+        if self._batchable is None:
+            problem = "it needs an input image" if self.image_input == "required" else None
+            if problem is None:
+                lead = self.resolved_defaults()
+                with self._lock, self._guider(lead):
+                    problem = batch_problem(self.cfg, lead, self._call_kwargs(lead))
+            if problem:
+                logger.warning("%s: requests run one by one: %s", type(self.pipe).__name__, problem)
+            self._batchable = problem is None
+        return self._batchable
 
     def generate(
         self,

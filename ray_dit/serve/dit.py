@@ -79,6 +79,8 @@ class DiTDeployment:
             frame_step=self.engine.frame_step,
             image_input=self.engine.image_input,
         )
+        if max_batch_size > 1:
+            self.engine.batchable()  # probed now, not on a request's time
         if warmup:
             self._warm_up(warmup_sizes)
         logger.info(
