@@ -38,6 +38,8 @@ def batching_app(ray_serve):
         "max_batch_size": 8,
         "batch_wait_timeout_s": WAIT_S,
         "limits": {"max_steps": MAX_STEPS},
+        # The queue limit counts cost (default requests); the long requests below cost ~10 each.
+        "max_queued_requests": 64,
     }
     serve.run(build_app(args), name=APP, route_prefix=PREFIX)
     try:

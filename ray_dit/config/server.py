@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from ray_dit.config.parsers import int_at_least, matching
+from ray_dit.config.parsers import int_at_least, matching, number_above
 from ray_dit.config.reader import as_secret, from_env, parse_items, read_env, secret_from_env
 from ray_dit.errors import ConfigError
 
@@ -58,6 +58,11 @@ class ServerSettings:
     """Lifetime of a signed ``/content`` URL: an hour, like ``RAY_DIT_S3_PRESIGN_TTL_S``'s default."""
     limits: ServeLimits = field(default_factory=ServeLimits)
     """Per-request limits: environment, then the builder's ``args.limits``."""
+    max_queued_cost: float | None = from_env("RAY_DIT_MAX_QUEUED_COST", number_above(0), None)
+    """Cost (in default requests: the model's default request is 1.0) one ingress replica may hold
+    queued for the DiT before it answers 503 ``queue_full``; a request larger than this alone is
+    still taken when nothing is queued. Unset: the app's ``max_queued_requests`` when the builder
+    passes it, else no cost limit (Serve's request count still holds)."""
     retry_after_s: int = from_env("RAY_DIT_RETRY_AFTER_S", int_at_least(1), 2)
     """Base of ``Retry-After`` until a request was measured, and for 503s that are not a queue."""
     public_base_url: str | None = from_env("RAY_DIT_PUBLIC_BASE_URL", parse_base_url, None)

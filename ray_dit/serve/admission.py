@@ -1,15 +1,23 @@
 """Admission: refuse work the server cannot take, and tell the refused client when to come back.
 
-A full DiT queue is Serve's own ``BackPressureError`` (raised while a request is being assigned,
-answered 503 by :func:`ray_dit.serve.errors.to_api_error`). The spool's room is a budget of
-bytes: :class:`SpoolWatch` reserves each admitted request's estimated output bytes before its
-denoise starts and releases them when its outputs are stored, so concurrent requests can not
-all squeeze past a nearly full spool (the cap was overshot 2.5x that way). The sink's numbers
-are fetched in the background at most every ``interval_s``; a refusal is only ever made on a
-fresh answer, so the first request after the spool drained is admitted. ``Retry-After`` comes
-from :class:`Backlog`: the queue ahead of the client times the measured time per request,
-spread with jitter, so that a burst's refused clients do not all return in the same instant
-(the openai SDKs wait exactly what the server says, then retry at most twice).
+Work is counted in *cost* (:mod:`ray_dit.serve.cost`: the model's default request is 1.0, a
+129-frame video many). :class:`Backlog` is each ingress replica's ledger of the cost it admitted
+and has not finished, queued (not yet accepted by a DiT replica) or running: a request that would
+push the queued cost past ``max_queued_cost`` is refused (503 ``queue_full``), each request's cost
+is released when it ends in any way (:class:`CostTicket`), and the ledger is what the autoscaling
+policy and the ``ray_dit_queued_cost`` gauge read. Serve's own ``max_queued_requests`` stays as the
+hard backstop: its ``BackPressureError`` is answered 503 by
+:func:`ray_dit.serve.errors.to_api_error`.
+
+The spool's room is a budget of bytes: :class:`SpoolWatch` reserves each admitted request's
+estimated output bytes before its denoise starts and releases them when its outputs are stored,
+so concurrent requests can not all squeeze past a nearly full spool (the cap was overshot 2.5x
+that way). The sink's numbers are fetched in the background at most every ``interval_s``; a
+refusal is only ever made on a fresh answer, so the first request after the spool drained is
+admitted. ``Retry-After`` comes from :class:`Backlog`: the cost ahead of the client times the
+measured seconds per unit of cost, spread with jitter, so that a burst's refused clients do not
+all return in the same instant (the openai SDKs wait exactly what the server says, then retry at
+most twice).
 """
 
 from __future__ import annotations
@@ -17,15 +25,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ray.serve.handle import DeploymentHandle
 
 from ray_dit.api import GenerationRequest
+from ray_dit.serve.autoscaling import QUEUED_COST, RUNNING_COST
 from ray_dit.serve.errors import RetryAfter, busy
-from ray_dit.serve.generation import start_outside_request
+from ray_dit.serve.generation import Generation, start_outside_request
+from ray_dit.serve.types import StoreReply
 
 SPOOL_CHECK_S = 0.5
 FRESH_CHECK_WAIT_S = 2.0  # how long a request that might be refused waits for a fresh answer
@@ -139,28 +151,140 @@ class SpoolWatch:
             self._stored.popleft()
 
 
-class Backlog:
-    """How long the queue ahead of a refused client takes to drain, from measured request times."""
+def occupancy_s(reply: StoreReply) -> float:
+    """Seconds of DiT replica time that were this request's: its pipeline call's time, shared
+    with its batch-mates by outputs (a batched request's stay in the replica includes its
+    batch-mates' work and the wait for company, and would make every unit look slow)."""
+    meta = reply.meta
+    outputs = max(1, len(reply.outputs))
+    return meta.timings.total_s * outputs / max(outputs, meta.batch_size)
 
-    def __init__(self, floor_s: float, dit_replicas: int = 1, smoothing: float = 0.2) -> None:
+
+class CostTicket:
+    """An admitted request's cost in its ingress's ledger: *queued* until a DiT replica accepts
+    the request, then *running*, then released when the request ends in any way."""
+
+    def __init__(self, backlog: Backlog, cost: float) -> None:
+        self.cost = cost
+        self.state = "queued"
+        self._backlog: Backlog | None = backlog
+        self._watch: asyncio.Task | None = None
+
+    def follow(self, generation: Generation) -> None:
+        """Track a started generation: running once a replica accepted it; when its task ends
+        (stored, failed, refused, cancelled, even before it ran) the cost is released and a
+        success's replica time is measured. Call right after ``generation.start()``."""
+        task = generation.task
+        assert task is not None
+        task.add_done_callback(self._ended)
+        if not task.done():
+            self._watch = start_outside_request(self._until_accepted(generation, task))
+
+    async def _until_accepted(self, generation: Generation, task: asyncio.Task) -> None:
+        waiter = asyncio.ensure_future(generation.assigned.wait())
+        try:
+            await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if generation.frames_ref is not None and self._backlog is not None:
+            self._backlog._move(self, "running")
+
+    def _ended(self, task: asyncio.Task) -> None:
+        backlog = self._backlog
+        if backlog is not None and not task.cancelled() and task.exception() is None:
+            backlog.observe(occupancy_s(task.result()), self.cost)
+        self.release()
+
+    def release(self) -> None:
+        """The request ended (or never started): free its cost. Idempotent."""
+        backlog, self._backlog = self._backlog, None
+        if backlog is not None:
+            backlog._move(self, "released")
+
+
+class Backlog:
+    """The ingress's ledger of admitted work, in cost (:mod:`ray_dit.serve.cost`: the model's
+    default request is 1.0), and how long it takes to drain, from measured replica times.
+
+    ``max_queued_cost`` bounds the cost *queued* (admitted, not yet accepted by a DiT replica),
+    like Serve's ``max_queued_requests`` bounds queued requests: what runs is not counted, so the
+    limit does not shrink the fleet's throughput as the DiT deployment scales out. A request that
+    would push the queued cost past it is refused, unless nothing is queued: a request larger than
+    the limit on its own still gets its turn. ``None``: no cost limit (Serve's count still holds).
+    """
+
+    def __init__(
+        self,
+        floor_s: float,
+        dit_replicas: int = 1,
+        max_queued_cost: float | None = None,
+        smoothing: float = 0.2,
+        on_change: Callable[[float, float], None] | None = None,
+    ) -> None:
         self.floor_s = floor_s
         self.dit_replicas = max(1, dit_replicas)
+        self.max_queued_cost = max_queued_cost
         self.smoothing = smoothing
-        self.request_s: float | None = None  # moving average of a DiT's occupancy per request
+        self.on_change = on_change  # (queued cost, running cost) after every change: the gauges
+        self.queued_cost = 0.0
+        self.running_cost = 0.0
+        self._held: dict[str, set[CostTicket]] = {"queued": set(), "running": set()}
+        self._seconds = 0.0  # cost-weighted moving sums: replica seconds over cost
+        self._units = 0.0
         self._rng = random.Random()
 
-    def observe(self, replica_s: float) -> None:
-        """A request held a DiT replica for ``replica_s`` seconds."""
-        if replica_s > 0:
-            old = self.request_s
-            self.request_s = replica_s if old is None else old + self.smoothing * (replica_s - old)
+    @property
+    def unit_s(self) -> float | None:
+        """Measured seconds of a DiT replica per unit of cost (None until a request finished)."""
+        return self._seconds / self._units if self._units > 0 else None
+
+    def admit(self, cost: float) -> CostTicket:
+        """Hold ``cost`` as queued, or raise a 503 ``queue_full`` with Retry-After."""
+        limit = self.max_queued_cost
+        if limit is not None and self._held["queued"] and self.queued_cost + cost > limit:
+            raise busy(
+                f"the queue is full ({self.queued_cost:.3g} of {limit:g} default requests of work "
+                f"waiting; this request counts {cost:.3g}); retry later",
+                "queue_full",
+                self.retry_after_s(len(self._held["queued"])),
+            )
+        ticket = CostTicket(self, cost)
+        self._move(ticket, "queued")
+        return ticket
+
+    def _move(self, ticket: CostTicket, state: str) -> None:
+        for held in self._held.values():
+            held.discard(ticket)
+        ticket.state = state
+        if state in self._held:
+            self._held[state].add(ticket)
+        self.queued_cost = math.fsum(t.cost for t in self._held["queued"])
+        self.running_cost = math.fsum(t.cost for t in self._held["running"])
+        if self.on_change is not None:
+            self.on_change(self.queued_cost, self.running_cost)
+
+    def observe(self, replica_s: float, cost: float = 1.0) -> None:
+        """A request of ``cost`` held a DiT replica for ``replica_s`` seconds. Weighted by cost,
+        so a tiny request's fixed overhead does not make every unit look slow."""
+        if replica_s > 0 and cost > 0:
+            keep = 1 - self.smoothing
+            self._seconds = keep * self._seconds + replica_s
+            self._units = keep * self._units + cost
+
+    def stats(self) -> dict[str, float]:
+        """What the autoscaling policy reads (``Ingress.record_autoscaling_stats``)."""
+        return {QUEUED_COST: self.queued_cost, RUNNING_COST: self.running_cost}
 
     def retry_after_s(self, queued: int | None = None) -> float:
-        """Seconds a refused client should wait, times a jitter in [1, 2) that spreads the returns:
-        the drain time of the ``queued`` requests ahead once a request was measured, else (and
-        for what is not a queue, like a full spool) ``floor_s``."""
-        if queued is None or self.request_s is None:
+        """Seconds a refused client should wait, times a jitter in [1, 2) that spreads the returns.
+        For a full queue (``queued`` given: requests waiting) once a request was measured, the
+        time the work ahead takes to drain: the queued and running cost times the seconds per
+        unit, over the DiT replicas; else (and for what is not a queue, like a full spool)
+        ``floor_s``."""
+        unit_s = self.unit_s
+        if queued is None or unit_s is None:
             base = self.floor_s
         else:
-            base = max((queued + 1) * self.request_s / self.dit_replicas, 0.1)
+            ahead = self.queued_cost + self.running_cost or float(queued + 1)
+            base = max(ahead * unit_s / self.dit_replicas, 0.1)
         return base * (1 + self._rng.random())

@@ -190,7 +190,15 @@ def compose(
         actor = dict(Ingress.ray_actor_options or {})
         ingress_options["ray_actor_options"] = {**actor, "runtime_env": {"env_vars": dict(ingress_env)}}
     return Ingress.options(**ingress_options).bind(
-        dit, sink, jobs, cfg.model, cfg.served_model_name, cfg.limits or None, dit_replicas
+        dit,
+        sink,
+        jobs,
+        cfg.model,
+        cfg.served_model_name,
+        cfg.limits or None,
+        dit_replicas,
+        # The queue limit counts cost (docs/serving.md): max_queued_requests default requests.
+        max_queued_cost=float(cfg.max_queued_requests),
     )
 
 

@@ -24,9 +24,10 @@ from ray.serve.handle import DeploymentHandle
 
 from ray_dit.api import GenerationRequest
 from ray_dit.config import server_from_env
-from ray_dit.serve import job_runner, responses
-from ray_dit.serve.admission import Backlog, SpoolWatch
+from ray_dit.serve import job_runner, metrics, responses
+from ray_dit.serve.admission import Backlog, CostTicket, Reservation, SpoolWatch
 from ray_dit.serve.compat import by_reference
+from ray_dit.serve.cost import request_cost
 from ray_dit.serve.errors import ApiError, as_handle_error, invalid, to_api_error
 from ray_dit.serve.generation import Generation, start_outside_request
 from ray_dit.serve.http import app, read_json, v1
@@ -63,6 +64,7 @@ class Ingress:
         served_model_name: str | None = None,
         limits: dict[str, int] | None = None,
         dit_replicas: int = 1,
+        max_queued_cost: float | None = None,
     ) -> None:
         self.dit = by_reference(dit)
         self.sink = by_reference(sink)
@@ -73,7 +75,11 @@ class Ingress:
         #: Signs the content URLs handed out while auth is on; the ``/v1`` router's dependency
         #: checks them with a signer built from the same environment (``http.edge_signer``).
         self.signer = UrlSigner.from_settings(self.settings)
-        self.backlog = Backlog(self.settings.retry_after_s, dit_replicas)
+        # RAY_DIT_MAX_QUEUED_COST, else the builder's (the DiT's max_queued_requests), else none.
+        cost_limit = self.settings.max_queued_cost or max_queued_cost
+        self.backlog = Backlog(
+            self.settings.retry_after_s, dit_replicas, cost_limit, on_change=metrics.report_cost
+        )
         self.spool = SpoolWatch(self.sink, self.backlog.retry_after_s)
         self.readiness = Readiness()
         self.created = int(time.time())
@@ -112,15 +118,24 @@ class Ingress:
     def _generation(self, request: GenerationRequest, **options: Any) -> Generation:
         return Generation(self.dit, self.sink, request, output_format=request.output_format, **options)
 
-    async def _run(self, generation: Generation) -> StoreReply:
+    async def _admit(self, req: GenerationRequest) -> tuple[CostTicket, Reservation]:
+        """Hold the request's cost in the queue (503 ``queue_full``), then its spool bytes."""
+        ticket = self.backlog.admit(request_cost(req, self._info))
+        try:
+            return ticket, await self.spool.admit(req)
+        except BaseException:
+            ticket.release()
+            raise
+
+    async def _run(self, generation: Generation, ticket: CostTicket) -> StoreReply:
         generation.start()
+        ticket.follow(generation)  # released (and its replica time measured) however it ends
         try:
             reply = await generation.wait()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             raise to_api_error(exc, generation.request.request_id, self.backlog.retry_after_s) from None
-        self.backlog.observe(reply.meta.timings.replica_s)
         # Acknowledged: from here on the request succeeds, with or without cloud URLs.
         return await generation.add_urls(reply)
 
@@ -154,11 +169,11 @@ class Ingress:
     async def _images(
         self, request: Request, body: ImageGenerationBody, req: GenerationRequest
     ) -> JSONResponse:
-        reservation = await self.spool.admit(req)
+        ticket, reservation = await self._admit(req)
         b64 = body.response_format == "b64_json"
         started = time.perf_counter()
         generation = self._generation(req, include_data=b64, wait_url=not b64, on_stored=reservation.release)
-        reply = await self._run(generation)
+        reply = await self._run(generation, ticket)
         base = self._base_url(request)
         answer = responses.image_response(
             reply, generation, started, self.served_model_name, base, b64, self.signer
@@ -207,15 +222,17 @@ class Ingress:
         info = await self._model_info()
         job_id = f"video_{uuid.uuid4().hex}"
         req = video_request(body, job_id, self.settings.limits, info, image=reference)
-        reservation = await self.spool.admit(req)
+        ticket, reservation = await self._admit(req)
         job = job_runner.job_record(job_id, self.served_model_name, req, body.seconds, info)
         try:
             await self.jobs.create.remote(job)
         except BaseException:
+            ticket.release()
             reservation.release()
             raise
         generation = self._generation(req, job_id=job_id, wait_url=True, on_stored=reservation.release)
         generation.start()
+        ticket.follow(generation)  # released when the job's generation ends, however it ends
         refused = await generation.admitted(ADMIT_WAIT_S)
         if refused is not None:  # a full queue, or input only the engine could refuse
             await self.jobs.delete.remote(job_id)
@@ -313,6 +330,11 @@ class Ingress:
         body = {"status": "unavailable" if problems else "ok", "model": self.served_model_name}
         return JSONResponse({**body, "deployments": problems}, status_code=503 if problems else 200)
 
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's custom-metric hook: the queued and running cost, read by the autoscaling
+        policy (``serve/autoscaling.py``; needs an ``autoscaling_config`` on this deployment)."""
+        return self.backlog.stats()
+
     # -- notebook --------------------------------------------------------------------------
 
     async def generate(self, prompt: str, **params: Any) -> GenerationOutput:
@@ -324,13 +346,13 @@ class Ingress:
         """
         try:
             req = await self._handle_request(prompt, params)
-            reservation = await self.spool.admit(req)
+            ticket, reservation = await self._admit(req)
         except ApiError as err:
             raise as_handle_error(err) from None
         started = time.perf_counter()
         generation = self._generation(req, wait_url=True, on_stored=reservation.release)
         try:
-            reply = await self._run(generation)
+            reply = await self._run(generation, ticket)
         except ApiError as err:
             raise as_handle_error(err) from None
         return responses.generation_output(reply, generation, started)

@@ -67,8 +67,7 @@ async def run_to_end(
         err = to_api_error(exc, job_id, backlog.retry_after_s) if isinstance(exc, Exception) else None
         error = {"code": err.code or "failed", "message": err.message} if err else None
         fields = {"status": "failed", "error": error or {"code": "cancelled", "message": "cancelled"}}
-    else:
-        backlog.observe(reply.meta.timings.replica_s)
+    else:  # the replica time was measured by the job's CostTicket (admission.py)
         out = reply.outputs[0] if reply.outputs else None
         fields = {
             "status": "completed",

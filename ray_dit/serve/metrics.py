@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 from ray.serve import metrics
 
+from ray_dit.serve.autoscaling import QUEUED_COST, RUNNING_COST
+
 M = TypeVar("M")
 
 DENOISE_BOUNDARIES = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300]
@@ -60,3 +62,21 @@ sink_queue_depth = _lazy(
 sink_spool_bytes = _lazy(
     metrics.Gauge, "ray_dit_sink_spool_bytes", "Bytes held in this sink replica's spool."
 )
+queued_cost = _lazy(
+    metrics.Gauge,
+    QUEUED_COST,
+    "Cost this ingress replica admitted that no DiT replica accepted yet, in default requests "
+    "(the model's default request is 1.0): what its queue limit counts and autoscaling reads.",
+)
+running_cost = _lazy(
+    metrics.Gauge,
+    RUNNING_COST,
+    "Cost this ingress replica admitted that a DiT replica accepted and has not finished, in "
+    "default requests.",
+)
+
+
+def report_cost(queued: float, running: float) -> None:
+    """Set both cost gauges (the ingress's ledger calls this after every change)."""
+    queued_cost().set(queued)
+    running_cost().set(running)
