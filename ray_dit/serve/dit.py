@@ -120,6 +120,13 @@ class DiTDeployment:
                 self.engine.generate(request)
             except InvalidRequest as exc:
                 raise ConfigError([f"warmup_sizes: {width}x{height}: {exc}"]) from None
+            except Exception as exc:  # compile: true compiles the blocks here, on their first call
+                from ray_dit.engine.compile import compile_failure  # torch loads in the replica only
+
+                error = compile_failure(exc)
+                if error is None:
+                    raise
+                raise error from exc
             logger.info("warm-up at %sx%s took %.2fs", width, height, time.perf_counter() - t0)
 
     async def generate(self, request: GenerationRequest, job_id: str | None = None) -> GenerationResult:
