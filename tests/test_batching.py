@@ -272,7 +272,7 @@ def _replica(engine: RecordingEngine, monkeypatch, max_batch_size: int = 8):
     from ray_dit.serve import dit as dit_module
 
     quiet = SimpleNamespace(inc=lambda *a, **k: None, observe=lambda *a, **k: None)
-    for name in ("cancelled_requests", "denoise_seconds", "steps_cached_ratio"):
+    for name in ("cancelled_requests", "denoise_seconds", "steps_cached_ratio", "batch_size"):
         monkeypatch.setattr(dit_module.metrics, name, lambda q=quiet: q)
     cls = dit_module.DiTDeployment.func_or_class
     replica = cls.__new__(cls)

@@ -124,6 +124,7 @@ def _dit(engine: FakeEngine, monkeypatch, max_batch_size: int = 1):
     monkeypatch.setattr(dit_module.metrics, "cancelled_requests", lambda: quiet)
     monkeypatch.setattr(dit_module.metrics, "denoise_seconds", lambda: quiet)
     monkeypatch.setattr(dit_module.metrics, "steps_cached_ratio", lambda: quiet)
+    monkeypatch.setattr(dit_module.metrics, "batch_size", lambda: quiet)
     cls = dit_module.DiTDeployment.func_or_class
     replica = cls.__new__(cls)
     stored: list[tuple[object, object]] = []

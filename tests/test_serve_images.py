@@ -237,6 +237,8 @@ def test_metrics_of_this_app_reach_prometheus(app, http):
         "cancelled": lambda line: line.startswith("ray_ray_dit_cancelled_requests_total{"),
         "denoise": lambda line: line.startswith("ray_ray_dit_denoise_seconds_count{"),
         "cached ratio": lambda line: line.startswith("ray_ray_dit_steps_cached_ratio_count{"),
+        "batch size": lambda line: line.startswith("ray_ray_dit_batch_size_count{"),
+        "queued cost": lambda line: line.startswith("ray_ray_dit_queued_cost{"),
         "spool bytes": lambda line: line.startswith("ray_ray_dit_sink_spool_bytes{"),
         "sink queue": lambda line: line.startswith("ray_ray_dit_sink_queue_depth{"),
     }

@@ -243,6 +243,7 @@ class DiTDeployment:
     def _observe(self, result: GenerationResult) -> None:
         try:
             metrics.denoise_seconds().observe(result.timings.denoise_s)
+            metrics.batch_size().observe(result.batch_size)
             total = result.cache.total_steps
             if total:
                 metrics.steps_cached_ratio().observe(result.cache.cached_steps / total)

@@ -54,6 +54,12 @@ steps_cached_ratio = _lazy(
     "Fraction of denoising steps served from Cache-DiT per request.",
     boundaries=RATIO_BOUNDARIES,
 )
+batch_size = _lazy(
+    metrics.Histogram,
+    "ray_dit_batch_size",
+    "Outputs in the pipeline call that denoised each request (1: alone; DiT replica).",
+    boundaries=[1, 2, 4, 8, 16, 32, 64],
+)
 sink_queue_depth = _lazy(
     metrics.Gauge,
     "ray_dit_sink_queue_depth",
