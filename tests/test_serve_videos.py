@@ -41,7 +41,7 @@ def test_openai_videos_api(base_url):
     assert done.status == "completed", done.error
     assert done.progress == 100
     extras = done.model_extra or {}
-    assert extras["steps"] > 0 and "denoise_s" in extras["timings"]
+    assert extras["steps"] > 0 and "denoise_s" in extras["timings"] and extras["batch_size"] == 1
     content = client.videos.download_content(job.id)
     data = content.read()
     assert data[4:8] == b"ftyp"  # an MP4 container

@@ -77,6 +77,7 @@ async def run_to_end(
             "steps": reply.meta.steps,
             "timings": final_timings(reply, generation, started),
             "cache": reply.meta.cache.as_dict(),
+            "batch_size": reply.meta.batch_size,
         }
     fields["completed_at"] = int(time.time())
     with contextlib.suppress(Exception):
