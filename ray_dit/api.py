@@ -142,6 +142,8 @@ class GenerationResult:
     #: Outputs denoised in the same pipeline call (this request's and its batch-mates'); the
     #: cache statistics were decided over all of them.
     batch_size: int = 1
+    #: What the user should know about the request (a prompt outside a small model's vocabulary).
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def width(self) -> int:

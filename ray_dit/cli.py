@@ -136,9 +136,12 @@ def _report(args: argparse.Namespace, result: GenerationResult, paths: list[Path
             "seed": result.seed,
             "timings": {k: round(v, 4) for k, v in result.timings.as_dict().items()},
             "cache": stats.as_dict(),
+            "warnings": result.warnings,
         }
         print(json.dumps(summary, indent=2))
         return
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     for path in paths:
         print(f"wrote {path}")
     print(f"denoise {result.timings.denoise_s:.3f} s, total {result.timings.total_s:.3f} s")

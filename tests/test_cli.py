@@ -44,6 +44,13 @@ def test_generate_image_with_cache_from_env(tmp_path: Path):
     assert image.shape == (96, 128, 3) and image.dtype == np.uint8
     assert summary["cache"]["enabled"] and summary["cache"]["cached_steps"] > 0
     assert summary["size"] == "128x96" and summary["steps"] == 8
+    assert summary["warnings"] == []  # a caption of demo:shapes' grammar
+
+
+def test_a_prompt_outside_the_vocabulary_warns(tmp_path: Path):
+    proc = run_cli("generate", "a cat", "-o", str(tmp_path / "cat.png"), "--steps", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: unknown word 'cat': demo:shapes draws" in proc.stderr
 
 
 def test_generate_video(tmp_path: Path):

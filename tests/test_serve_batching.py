@@ -105,3 +105,19 @@ def test_a_client_that_disconnects_does_not_cancel_its_batch_mates(batching_app)
         assert left.result() == "left"
         for answer in answers:
             assert answer["steps"] == steps and answer["batch_size"] == 3, answer
+
+
+def test_a_prompt_outside_the_vocabulary_is_served_with_a_warning(batching_app):
+    """demo:shapes knows a dozen words: a prompt outside them still generates (it is no error),
+    and the response says which words it does not know, over HTTP and to a notebook's handle."""
+    from openai import OpenAI
+    from ray import serve
+
+    client = OpenAI(base_url=batching_app + "/v1", api_key="unused", max_retries=0)
+    known = client.images.generate(prompt="a red circle on a blue background", response_format="b64_json")
+    assert (known.model_extra or {})["warnings"] == []
+    cat = client.images.generate(prompt="a cat", response_format="b64_json")
+    (warning,) = (cat.model_extra or {})["warnings"]
+    assert warning.startswith("unknown word 'cat': demo:shapes draws 'a|an <color> <shape>"), warning
+    out = serve.get_app_handle(APP).generate.remote(prompt="a pink circle", num_inference_steps=2).result()
+    assert len(out.warnings) == 1 and "'pink'" in out.warnings[0]

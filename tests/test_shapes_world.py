@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ray_dit.demo import shapes_world as world
 from ray_dit.demo.judge import judge, parse_prompt
@@ -47,3 +49,30 @@ def test_judge_flags_swapped_colors_and_blank_images():
     blank = np.full((64, 64, 3), world.COLORS["green"], dtype=np.uint8)
     verdict = judge(blank, "a red square on a green background")
     assert verdict.bg_ok and not verdict.fg_ok and not verdict.shape_ok
+
+
+def test_every_trained_caption_is_in_the_vocabulary_and_grammar():
+    from ray_dit.demo.shapes_world import all_combos, partial_captions, prompt_warnings
+
+    for combo in all_combos():
+        for caption in (combo.caption, *partial_captions(combo)):
+            assert prompt_warnings(caption) == [], caption
+            assert prompt_warnings(caption.upper() + ".") == [], caption
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from(["cat", "pink", "beautiful", "highly", "dog", "photo"]), st.integers(0, 8))
+def test_an_unknown_word_anywhere_is_named(word, at):
+    from ray_dit.demo.shapes_world import prompt_warnings
+
+    words = ["a", "red", "circle", "on", "a", "blue", "background"]
+    words.insert(min(at, len(words)), word)
+    (warning,) = prompt_warnings(" ".join(words))
+    assert warning.startswith(f"unknown word {word!r}: demo:shapes draws")
+
+
+def test_known_words_out_of_the_trained_form_warn():
+    from ray_dit.demo.shapes_world import prompt_warnings
+
+    (warning,) = prompt_warnings("background red on a circle")
+    assert warning.startswith("the prompt is not in the trained form")

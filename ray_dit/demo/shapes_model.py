@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ray_dit.demo.shapes_world import IMAGE_SIZE, vocabulary
+from ray_dit.demo.shapes_world import IMAGE_SIZE, prompt_warnings, vocabulary
 from ray_dit.demo.tiny_components import (
     autoencoder_kl,
     clip_text_encoder,
@@ -152,6 +152,7 @@ SPEC = ModelSpec(
         max_sequence_length=T5_LENGTH,
         true_cfg_scale=TRUE_CFG_SCALE,
         negative_prompt="",
+        prompt_check=prompt_warnings,
     ),
     "colored shapes, trained (the embedded default)",
     family="flux",

@@ -10,6 +10,7 @@ whether it knows which color is the background (their reversed pairs *are* train
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,6 +80,40 @@ def partial_captions(combo: Combo) -> tuple[str, str]:
 def vocabulary() -> list[str]:
     """Every word a caption can contain (the tokenizers give each one a single token)."""
     return ["a", "an", "on", "background", *COLOR_NAMES, *SHAPES]
+
+
+_WORD = re.compile(r"[a-z]+")
+
+
+def _grammar() -> re.Pattern[str]:
+    color, shape = "|".join(COLOR_NAMES), "|".join(SHAPES)
+    full = rf"an? (?:{color}) (?:{shape}) on an? (?:{color}) background"
+    no_background = rf"an? (?:{color}) (?:{shape})"
+    no_color = rf"an? (?:{shape}) on an? (?:{color}) background"
+    return re.compile(rf"^(?:{full}|{no_background}|{no_color})$")
+
+
+GRAMMAR_TEXT = "a|an <color> <shape> on a|an <color> background"
+
+
+def prompt_warnings(prompt: str) -> list[str]:
+    """What a user should know about a prompt the model was never trained on: unknown words are
+    ignored or smear the image, a known-word sentence of another form draws something unasked.
+    Empty for a caption of the trained grammar (or one of its trained partial forms)."""
+    words = _WORD.findall(prompt.lower())
+    known = set(vocabulary())
+    unknown = list(dict.fromkeys(w for w in words if w not in known))
+    where = (
+        f"demo:shapes draws '{GRAMMAR_TEXT}' with the colors {', '.join(COLOR_NAMES)} and the "
+        f"shapes {', '.join(SHAPES)}"
+    )
+    if unknown:
+        listed = ", ".join(repr(w) for w in unknown)
+        noun = "word" if len(unknown) == 1 else "words"
+        return [f"unknown {noun} {listed}: {where}; other words are ignored or smear the image"]
+    if not _grammar().match(" ".join(words)):
+        return [f"the prompt is not in the trained form: {where}"]
+    return []
 
 
 def all_combos() -> list[Combo]:

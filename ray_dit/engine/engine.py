@@ -175,6 +175,11 @@ class Engine:
             check_image(request.image, MAX_INPUT_PIXELS)
         return []
 
+    def prompt_warnings(self, prompt: str) -> list[str]:
+        """Warnings about a prompt this model can not draw (only models with a vocabulary warn)."""
+        check = self.defaults.prompt_check
+        return check(prompt) if check is not None else []
+
     def settings_for(self, request: GenerationRequest) -> CacheDitSettings:
         """The environment's cache settings with the request's (already parsed) overrides."""
         return self.cache_settings.with_overrides(request.cache)
@@ -337,6 +342,7 @@ class Engine:
                 ),
                 cache=copy.deepcopy(stats),
                 batch_size=outputs,
+                warnings=self.prompt_warnings(request.prompt),
             )
             for request, part in zip(requests, split_frames(frames, requests), strict=True)
         ]

@@ -42,6 +42,9 @@ class ModelDefaults:
     needs_image: bool = False
     #: Fixed pipeline arguments of this model (a tiny build's ``_auto_resize=False``, say).
     call_options: Mapping[str, Any] = field(default_factory=dict)
+    #: Warnings about a prompt the model can not draw (a small vocabulary's unknown words);
+    #: None for models that take any text.
+    prompt_check: Callable[[str], list[str]] | None = None
 
     def cfg_fields(self, request: Any) -> dict[str, Any]:
         """The CFG defaults for the fields ``request`` left out (None)."""

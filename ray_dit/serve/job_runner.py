@@ -78,6 +78,7 @@ async def run_to_end(
             "timings": final_timings(reply, generation, started),
             "cache": reply.meta.cache.as_dict(),
             "batch_size": reply.meta.batch_size,
+            "warnings": reply.meta.warnings,
         }
     fields["completed_at"] = int(time.time())
     with contextlib.suppress(Exception):

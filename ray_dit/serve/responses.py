@@ -73,6 +73,7 @@ def image_response(
         "timings": final_timings(reply, generation, started),
         "cache": meta.cache.as_dict(),
         "batch_size": meta.batch_size,
+        "warnings": meta.warnings,
     }
 
 
@@ -92,5 +93,6 @@ def generation_output(reply: StoreReply, generation: Generation, started: float)
         urls=[out.url for out in reply.outputs],
         keys=[out.key for out in reply.outputs],
         batch_size=meta.batch_size,
+        warnings=meta.warnings,
         _frames_ref=generation.frames_ref,
     )

@@ -45,6 +45,7 @@ class ResultMeta:
     timings: Timings = field(default_factory=Timings)
     cache: CacheStats = field(default_factory=CacheStats)
     batch_size: int = 1
+    warnings: list[str] = field(default_factory=list)
 
     @classmethod
     def of(cls, result: GenerationResult, timings: Timings) -> ResultMeta:
@@ -60,6 +61,7 @@ class ResultMeta:
             timings=timings,
             cache=result.cache,
             batch_size=result.batch_size,
+            warnings=list(result.warnings),
         )
 
 
@@ -97,6 +99,8 @@ class GenerationOutput:
     fps: int | None = None
     #: Outputs denoised in the same pipeline call as this request's (its own included).
     batch_size: int = 1
+    #: What the user should know (a prompt outside demo:shapes' vocabulary); empty otherwise.
+    warnings: list[str] = field(default_factory=list)
     _frames_ref: Any = field(default=None, repr=False)
     _frames: Any = field(default=None, repr=False)
 
