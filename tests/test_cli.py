@@ -103,3 +103,4 @@ def test_models_probe_measures_how_cfg_runs() -> None:
     flux = describe(lookup("demo:flux-tiny"), probe=True)
     # FLUX's guidance is an embedding: one call, unless true CFG is asked for with a negative prompt.
     assert flux.calls_per_step == {"default": 1, "guidance=1": 1, "guidance=5": 1, "true_cfg=4+negative": 2}
+    assert flux.batches is True and wan.batches is True  # both take a list of prompts

@@ -37,6 +37,8 @@ class ModelRow:
     build_s: float | None = None
     #: Transformer calls per step under each of :data:`CFG_SETTINGS` (2: the branches run apart).
     calls_per_step: dict[str, int] | None = None
+    #: Whether compatible requests share a pipeline call (``Engine.batchable``: probed).
+    batches: bool | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,21 +70,24 @@ def describe(spec: ModelSpec, probe: bool = False) -> ModelRow:
         name: engine.calls_per_step(GenerationRequest(prompt="a red circle", seed=0, image=image, **fields))
         for name, fields in CFG_SETTINGS.items()
     }
-    return ModelRow(
-        **{**row.as_dict(), "pipeline": type(pipe).__name__, "build_s": build_s, "calls_per_step": calls}
-    )
+    probed = {"pipeline": type(pipe).__name__, "build_s": build_s, "calls_per_step": calls}
+    return ModelRow(**{**row.as_dict(), **probed, "batches": engine.batchable()})
 
 
 def table(rows: list[ModelRow]) -> str:
     """The rows as a Markdown table."""
     lines = [
-        "| id | family | task | pipeline | size | steps | frames | CFG (transformer calls per step) |",
-        "|---|---|---|---|---|---:|---:|---|",
+        "| id | family | task | pipeline | size | steps | frames | CFG (transformer calls per step) | batches |",
+        "|---|---|---|---|---|---:|---:|---|---|",
     ]
     for r in rows:
         size = f"{r.width}x{r.height}" if r.width and r.height else "-"
         lines.append(
             f"| {r.id} | {r.family or '-'} | {r.task} | {r.pipeline or '-'} | {size} | {r.steps or '-'} "
-            f"| {r.num_frames or '-'} | {r.cfg_mode()} |"
+            f"| {r.num_frames or '-'} | {r.cfg_mode()} | {_yes_no(r.batches)} |"
         )
     return "\n".join(lines)
+
+
+def _yes_no(value: bool | None) -> str:
+    return "-" if value is None else ("yes" if value else "no")
