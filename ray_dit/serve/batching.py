@@ -40,6 +40,8 @@ class Member:
     cancel: threading.Event = field(default_factory=threading.Event)
     on_step: Callable[[int, int], None] | None = None
     started: bool = False
+    #: Whether its call holds other requests too (set when the call is formed).
+    shared: bool = False
     #: Steps its pipeline call has finished (written by the denoise thread).
     steps_done: int = 0
 
@@ -101,7 +103,7 @@ class BatchQueue:
                 if self._full(batch) or left <= 0:
                     for member in batch:
                         self._waiting.remove(member)
-                        member.started = True
+                        member.started, member.shared = True, len(batch) > 1
                     return batch
             else:
                 left = None

@@ -166,7 +166,7 @@ class DiTDeployment:
             metrics.cancelled_requests().inc()
             logger.info("request %s cancelled by its caller; denoise stopped", member.request.request_id)
             return
-        if finished:
+        if finished or not member.shared:  # alone, a result means the denoise was done
             # Ray discards the return value of a cancelled task, so the composed sink call would
             # never see these frames: hand them to the sink from here (still replica -> sink).
             await self._store_orphan(result, member.request)
