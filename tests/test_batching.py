@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from replica_helpers import POISON, StandInEngine, stand_in_replica
 
 from ray_dit.api import GenerationRequest, GenerationResult
 from ray_dit.config import CacheDitSettings, DBCacheKnobs
@@ -234,57 +234,8 @@ def test_cache_decisions_of_a_batch_are_the_calls_and_every_request_reports_them
 # -- the DiT replica: one request's fate inside a batch ----------------------------------------
 
 
-class RecordingEngine:
-    """Stands in for the engine: records each pipeline call's prompts; steps honour should_cancel;
-    a batch holding the prompt ``poison`` fails, like a pipeline error caused by one request."""
-
-    def __init__(self, steps: int = 5, step_s: float = 0.03) -> None:
-        self.steps, self.step_s = steps, step_s
-        self.calls: list[list[str]] = []
-
-    def resolve(self, request: GenerationRequest) -> GenerationRequest:
-        return request.replace(num_inference_steps=self.steps)
-
-    def batch_key(self, request: GenerationRequest) -> object:
-        return request.negative_prompt  # tests pick the groups with it
-
-    def generate_batch(self, requests, on_step=None, should_cancel=None) -> list[GenerationResult]:
-        from ray_dit.errors import RequestCancelled
-
-        self.calls.append([r.prompt for r in requests])
-        if any(r.prompt == "poison" for r in requests):
-            raise ValueError("the pipeline failed on one of the prompts")
-        for step in range(self.steps):
-            time.sleep(self.step_s)
-            if on_step:
-                on_step(step + 1, self.steps)
-            if should_cancel and should_cancel():
-                raise RequestCancelled(f"after step {step + 1}")
-        frames = np.zeros((1, 1, 8, 8, 3), np.uint8)
-        outputs = sum(r.n for r in requests)
-        return [
-            GenerationResult(frames=frames, kind="image", seed=r.seed, steps=self.steps, batch_size=outputs)
-            for r in requests
-        ]
-
-
-def _replica(engine: RecordingEngine, monkeypatch, max_batch_size: int = 8):
-    from ray_dit.serve import dit as dit_module
-
-    quiet = SimpleNamespace(inc=lambda *a, **k: None, observe=lambda *a, **k: None)
-    for name in ("cancelled_requests", "denoise_seconds", "steps_cached_ratio", "batch_size"):
-        monkeypatch.setattr(dit_module.metrics, name, lambda q=quiet: q)
-    cls = dit_module.DiTDeployment.func_or_class
-    replica = cls.__new__(cls)
-    stored: list[object] = []
-
-    async def store(result: object, fmt: object) -> str:
-        stored.append(result)
-        return "stored"
-
-    sink = SimpleNamespace(store=SimpleNamespace(remote=store))
-    replica._attach(engine, None, sink, BatchQueue(max_batch_size))
-    return replica, stored
+def _replica(engine: StandInEngine, monkeypatch, max_batch_size: int = 8):
+    return stand_in_replica(engine, monkeypatch, max_batch_size)
 
 
 def _req(prompt: str, group: str = "A") -> GenerationRequest:
@@ -301,7 +252,7 @@ async def _submit_behind_a_busy_replica(replica, requests: list[GenerationReques
 
 
 def test_the_replica_groups_what_queued_while_it_was_busy(monkeypatch):
-    engine = RecordingEngine()
+    engine = StandInEngine()
     replica, _ = _replica(engine, monkeypatch)
 
     async def scenario() -> list[GenerationResult]:
@@ -316,7 +267,7 @@ def test_the_replica_groups_what_queued_while_it_was_busy(monkeypatch):
 
 
 def test_a_disconnect_inside_a_batch_does_not_cancel_its_neighbours(monkeypatch):
-    engine = RecordingEngine(steps=10, step_s=0.03)
+    engine = StandInEngine(steps=10, step_s=0.03)
     replica, stored = _replica(engine, monkeypatch)
 
     async def scenario() -> tuple[object, object]:
@@ -335,11 +286,11 @@ def test_a_disconnect_inside_a_batch_does_not_cancel_its_neighbours(monkeypatch)
 
 
 def test_a_bad_request_inside_a_batch_fails_alone(monkeypatch):
-    engine = RecordingEngine()
+    engine = StandInEngine()
     replica, _ = _replica(engine, monkeypatch)
 
     async def scenario() -> list[object]:
-        tasks = await _submit_behind_a_busy_replica(replica, [_req("good1"), _req("poison"), _req("good2")])
+        tasks = await _submit_behind_a_busy_replica(replica, [_req("good1"), _req(POISON), _req("good2")])
         return await asyncio.gather(*tasks, return_exceptions=True)
 
     _, good1, poison, good2 = asyncio.run(scenario())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
+from replica_helpers import StandInEngine, stand_in_replica
+
 from ray_dit.api import GenerationRequest
 from ray_dit.serve.generation import Generation
 
@@ -85,57 +87,8 @@ def test_caller_gone_after_denoise_still_stores_the_output():
 # -- the DiT replica's side ------------------------------------------------------------------
 
 
-class FakeEngine:
-    """Steps that honour should_cancel, then a 'decode' that does not (like a real pipeline)."""
-
-    def __init__(self, steps: int, step_s: float, decode_s: float) -> None:
-        self.steps, self.step_s, self.decode_s = steps, step_s, decode_s
-
-    def resolve(self, request: GenerationRequest) -> GenerationRequest:
-        return request.replace(num_inference_steps=self.steps)
-
-    def batch_key(self, request: GenerationRequest) -> object:
-        return request.num_inference_steps
-
-    def generate_batch(self, requests, on_step=None, should_cancel=None):
-        import time
-
-        import numpy as np
-
-        from ray_dit.api import GenerationResult
-        from ray_dit.errors import RequestCancelled
-
-        for step in range(self.steps):
-            time.sleep(self.step_s)
-            if on_step:
-                on_step(step + 1, self.steps)
-            if should_cancel and should_cancel():
-                raise RequestCancelled(f"after step {step + 1}")
-        time.sleep(self.decode_s)
-        frames = np.zeros((1, 1, 16, 16, 3), np.uint8)
-        return [GenerationResult(frames=frames, kind="image", seed=1, steps=self.steps) for _ in requests]
-
-
-def _dit(engine: FakeEngine, monkeypatch, max_batch_size: int = 1):
-    from ray_dit.serve import dit as dit_module
-    from ray_dit.serve.batching import BatchQueue
-
-    quiet = SimpleNamespace(inc=lambda *a, **k: None, observe=lambda *a, **k: None)
-    monkeypatch.setattr(dit_module.metrics, "cancelled_requests", lambda: quiet)
-    monkeypatch.setattr(dit_module.metrics, "denoise_seconds", lambda: quiet)
-    monkeypatch.setattr(dit_module.metrics, "steps_cached_ratio", lambda: quiet)
-    monkeypatch.setattr(dit_module.metrics, "batch_size", lambda: quiet)
-    cls = dit_module.DiTDeployment.func_or_class
-    replica = cls.__new__(cls)
-    stored: list[tuple[object, object]] = []
-
-    async def store(result: object, fmt: object) -> str:
-        stored.append((result, fmt))
-        return "stored"
-
-    sink = SimpleNamespace(store=SimpleNamespace(remote=store))
-    replica._attach(engine, None, sink, BatchQueue(max_batch_size))
-    return replica, stored
+def _dit(engine: StandInEngine, monkeypatch):
+    return stand_in_replica(engine, monkeypatch)
 
 
 def _cancel_generate_after(replica, delay: float) -> None:
@@ -154,13 +107,13 @@ def _cancel_generate_after(replica, delay: float) -> None:
 
 
 def test_dit_cancelled_mid_denoise_stores_nothing(monkeypatch):
-    replica, stored = _dit(FakeEngine(steps=50, step_s=0.02, decode_s=0.0), monkeypatch)
+    replica, stored = _dit(StandInEngine(steps=50, step_s=0.02, decode_s=0.0), monkeypatch)
     _cancel_generate_after(replica, 0.1)
     assert stored == []
 
 
 def test_dit_cancelled_after_denoise_hands_frames_to_the_sink(monkeypatch):
-    replica, stored = _dit(FakeEngine(steps=2, step_s=0.01, decode_s=0.4), monkeypatch)
+    replica, stored = _dit(StandInEngine(steps=2, step_s=0.01, decode_s=0.4), monkeypatch)
     _cancel_generate_after(replica, 0.15)  # during the decode: every step is done
     assert len(stored) == 1 and stored[0][1] == "png"
 
@@ -170,7 +123,7 @@ def test_an_error_inside_the_pipeline_is_not_blamed_on_the_client(monkeypatch):
     400: only the engine's own checks (``Engine.resolve``) say the request was wrong."""
     from ray_dit.serve.errors import to_api_error
 
-    engine = FakeEngine(steps=1, step_s=0.0, decode_s=0.0)
+    engine = StandInEngine(steps=1, step_s=0.0, decode_s=0.0)
 
     def broken(requests, on_step=None, should_cancel=None):
         raise ValueError("Expected all tensors to be on the same device")
