@@ -178,3 +178,17 @@ def test_secondary_settings_drive_the_second_expert_of_every_two_expert_model() 
         high = [i for i in stats.cached_step_indices if i < offset]
         assert low and min(low) >= 2 and all(b - a >= 2 for a, b in itertools.pairwise(low)), (spec.id, low)
         assert high and min(high) >= 1, (spec.id, high)
+
+
+def _warm_up_runs(model: str) -> None:
+    """What a DiT replica runs before it reports ready: the model's defaults at 2 steps."""
+    engine = _engine(model, CacheDitSettings())
+    engine.generate(engine.resolved_defaults().replace(num_inference_steps=2, request_id="warm-up"))
+
+
+@pytest.mark.parametrize("model", [spec.id for spec in MODELS if spec.task in ("edit", "image-to-video")])
+def test_an_image_conditioned_model_runs_its_warm_up_without_a_request_image(model: str) -> None:
+    """An image-conditioned pipeline whose signature calls ``image`` optional but that fails without
+    one must say ``needs_image``: the replica's warm-up (and any request the engine lets through
+    without an image) would fail with a traceback instead (demo:qwen-image-edit-tiny did)."""
+    _warm_up_runs(model)

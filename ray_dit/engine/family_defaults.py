@@ -105,6 +105,13 @@ FAMILY_DEFAULTS: dict[str, ModelDefaults] = {
     # Image-conditioned variants. FLUX.1 Kontext: diffusers docs api/pipelines/flux example
     # (guidance 2.5); the output size follows the input image unless a request gives one.
     "FluxKontextPipeline": ModelDefaults(steps=28, guidance_scale=2.5, max_sequence_length=512),
+    # Qwen-Image-Edit: the diffusers example (50 steps) and the Qwen/Qwen-Image-Edit Space's app.py
+    # (true CFG 4.0 with a negative prompt; " " as for Qwen-Image when none is given). The output
+    # size follows the input image (about 1 MP) unless a request gives one. Its signature leaves
+    # `image` optional, but it cannot run without one.
+    "QwenImageEditPipeline": ModelDefaults(
+        steps=50, true_cfg_scale=4.0, negative_prompt=" ", needs_image=True
+    ),
     # LTX image to video: the LTX values above; its signature leaves `image` optional, but it
     # cannot run without one.
     "LTXImageToVideoPipeline": ModelDefaults(
