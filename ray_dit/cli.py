@@ -59,7 +59,58 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     models.add_argument("--probe", action="store_true", help="build each model and measure its CFG mode")
     models.add_argument("--json", action="store_true", help="one JSON object per model")
+    _add_batch(sub)
     return parser
+
+
+def _add_batch(sub: Any) -> None:
+    batch = sub.add_parser(
+        "batch",
+        help="generate a dataset of prompts offline on Ray Data",
+        description="One image per row of INPUT (Parquet, JSONL or CSV; local or s3://), the image "
+        "API's fields as columns. Outputs, a Parquet manifest and an errors table go to --output; "
+        "a re-run skips the rows already stored. Settings come from the SGLANG_*/RAY_DIT_* "
+        "environment, as for the server (docs/batch.md).",
+    )
+    batch.add_argument("input", help="a .parquet/.jsonl/.csv file or a directory of Parquet parts")
+    batch.add_argument("--output", required=True, help="a directory or s3://bucket/prefix")
+    batch.add_argument("--model", default="demo:shapes", help="diffusers id or path, or demo:<name>")
+    batch.add_argument("--device", default="auto", help="auto (cuda when the cluster has GPUs), cpu, cuda")
+    batch.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    batch.add_argument("--engines", type=int, default=1, help="engine actors (one GPU each on GPU)")
+    batch.add_argument("--writers", type=int, default=1, help="CPU actors that encode and store")
+    batch.add_argument("--max-batch-size", type=int, default=4, help="outputs per pipeline call")
+    batch.add_argument("--batch-size", type=int, default=16, help="rows per stage batch (and manifest part)")
+    batch.add_argument("--input-format", choices=("parquet", "json", "csv"), default=None)
+    batch.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from ray_dit.batch import generate
+
+    for name in ("engines", "writers", "max_batch_size", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be at least 1")
+    # Ray Data's progress and library logs go to stderr: this command's stdout is its report.
+    with contextlib.redirect_stdout(sys.stderr):
+        summary = _run_batch(generate, args)
+    print(json.dumps(summary.as_dict(), indent=2) if args.json else summary.text())
+    return 0
+
+
+def _run_batch(generate: Any, args: argparse.Namespace) -> Any:
+    return generate(
+        args.input,
+        args.output,
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        engines=args.engines,
+        writers=args.writers,
+        max_batch_size=args.max_batch_size,
+        batch_size=args.batch_size,
+        input_format=args.input_format,
+    )
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -187,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             return _generate(args)
         if args.command == "models":
             return _models(args)
+        if args.command == "batch":
+            return _batch(args)
     except (ConfigError, ValueError) as exc:
         print(f"ray-dit: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,152 @@
+"""``generate()``: one offline job, read -> check -> skip what is done -> denoise -> store.
+
+Ray Data is the scheduler: the denoise is a ``map_batches`` stage on an actor pool (one Engine
+per actor; one GPU each on GPU nodes), the store stage a second pool of CPU actors, and Ray Data
+streams between them with its backpressure and progress bars. This module only wires the stages
+and sums up what came out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ray_dit.batch.generate_stage import GenerateStage
+from ray_dit.batch.location import Output, input_source, output_location, write_table
+from ray_dit.batch.records import done_requests, errors_table
+from ray_dit.batch.rows import check_row
+from ray_dit.batch.summary import Summary, Tally
+from ray_dit.batch.write_stage import WriteStage
+from ray_dit.config import ServeLimits, load_settings, server_from_env
+from ray_dit.serve.types import ModelInfo
+
+FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+CHECKED = pa.schema([("request_id", pa.string()), ("row_id", pa.string()), ("body", pa.string())])
+
+
+def read_input(path: str, settings: Any, input_format: str | None = None) -> Any:
+    """A Ray Dataset of the rows of a Parquet, JSONL or CSV file or directory (local or s3://)."""
+    import ray.data
+
+    fmt = input_format or next((f for ext, f in FORMATS.items() if path.rstrip("/").endswith(ext)), None)
+    if fmt is None:
+        fmt = "parquet"  # a directory of parts, as Spark and Ray Data write them
+    if fmt not in ("parquet", "json", "csv"):
+        raise ValueError(f"input_format={input_format!r}: must be one of parquet/json/csv")
+    paths, fs = input_source(path, settings)
+    if fmt == "json":
+        return ray.data.read_json(paths, filesystem=fs, lines=True)
+    reader = ray.data.read_parquet if fmt == "parquet" else ray.data.read_csv
+    return reader(paths, filesystem=fs)
+
+
+def _check(batch: pa.Table, limits: ServeLimits, info: ModelInfo, model: str) -> pa.Table:
+    checked = [check_row(row, limits, info, model) for row in batch.to_pylist()]
+    return pa.Table.from_pylist(
+        [vars(c) for c in checked], schema=CHECKED.append(pa.field("error", pa.string()))
+    )
+
+
+def _todo(batch: pa.Table, done: set[str]) -> pa.Table:
+    """Rows that still need outputs: valid and not yet recorded and stored."""
+    keep = pc.and_(
+        pc.is_null(batch["error"]),
+        pc.invert(pc.is_in(batch["request_id"], pa.array(sorted(done), type=pa.string()))),
+    )
+    return batch.filter(keep)
+
+
+def _gpu_stage(device: str) -> bool:
+    import ray
+
+    if device.startswith("cuda"):
+        return True
+    return device == "auto" and ray.cluster_resources().get("GPU", 0) > 0
+
+
+def generate(
+    source: Any,
+    output: str,
+    *,
+    model: str = "demo:shapes",
+    device: str = "auto",
+    dtype: str = "auto",
+    engines: int = 1,
+    writers: int = 1,
+    engine_cpus: float = 1.0,
+    batch_size: int = 16,
+    max_batch_size: int = 4,
+    input_format: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Summary:
+    """Generate every row of ``source`` (a path, ``s3://`` URI or Ray Dataset) into ``output``
+    (a directory or ``s3://bucket/prefix``) and return the :class:`Summary`. Settings come from
+    ``env`` (default: the process environment), as the server reads them."""
+    import ray
+
+    started = time.perf_counter()
+    settings = load_settings(env)
+    limits = server_from_env(env).limits
+    out = output_location(output, settings.storage)
+    if not ray.is_initialized():
+        ray.init()
+    ds = source if not isinstance(source, str) else read_input(source, settings.storage, input_format)
+    info = ModelInfo(model=model, kind="image")  # the size multiple the API checks too
+    checked = ds.map_batches(
+        _check, batch_format="pyarrow", fn_kwargs={"limits": limits, "info": info, "model": model}
+    ).materialize()
+    fs = out.filesystem()
+    done = done_requests(out, fs)
+    tally = Tally.from_checked(checked, done)
+    if tally.rows - len(tally.errors) - tally.skipped == 0:  # nothing left: start no engine
+        _write_errors(out, fs, tally)
+        return tally.summary(out, time.perf_counter() - started)
+    stage_args = (model, device, dtype, settings.cache_dit, limits, info, max_batch_size)
+    pools = (engines, writers, engine_cpus, batch_size)
+    written = _stages(checked, done, out, stage_args, _gpu_stage(device), *pools)
+    for batch in written.iter_batches(batch_format="pyarrow", batch_size=None):
+        tally.add_written(batch)
+    _write_errors(out, fs, tally)
+    return tally.summary(out, time.perf_counter() - started)
+
+
+def _stages(
+    checked: Any,
+    done: set[str],
+    out: Output,
+    stage_args: tuple[Any, ...],
+    gpu: bool,
+    engines: int,
+    writers: int,
+    engine_cpus: float,
+    batch_size: int,
+) -> Any:
+    """The lazy pipeline: rows still to do -> engine actors -> writer actors."""
+    import ray.data
+
+    generated = checked.map_batches(_todo, batch_format="pyarrow", fn_kwargs={"done": done}).map_batches(
+        GenerateStage,
+        fn_constructor_args=stage_args,
+        batch_format="pyarrow",
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=engines),
+        num_gpus=1 if gpu else 0,
+        num_cpus=0 if gpu else engine_cpus,
+    )
+    return generated.map_batches(
+        WriteStage,
+        fn_constructor_args=(out,),
+        batch_format="pyarrow",
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=writers),
+        num_cpus=1,
+    )
+
+
+def _write_errors(out: Output, fs: Any, tally: Tally) -> None:
+    """The errors table is rewritten by every run: each run checks every row again."""
+    write_table(fs, out.errors_path, errors_table(tally.errors))
