@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ray_dit.batch.generate_stage import GenerateStage
-from ray_dit.batch.location import Output, input_source, output_location, write_table
+from ray_dit.batch.location import Output, claim_output, input_source, output_location, write_table
+from ray_dit.batch.plan import make_plan
 from ray_dit.batch.records import done_requests, errors_table
 from ray_dit.batch.rows import check_row
 from ray_dit.batch.summary import Summary, Tally
@@ -25,7 +26,9 @@ from ray_dit.config import ServeLimits, load_settings, server_from_env
 from ray_dit.serve.types import ModelInfo
 
 FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
-CHECKED = pa.schema([("request_id", pa.string()), ("row_id", pa.string()), ("body", pa.string())])
+CHECKED = pa.schema(
+    [("request_id", pa.string()), ("row_id", pa.string()), ("body", pa.string()), ("error", pa.string())]
+)
 
 
 def read_input(path: str, settings: Any, input_format: str | None = None) -> Any:
@@ -46,18 +49,7 @@ def read_input(path: str, settings: Any, input_format: str | None = None) -> Any
 
 def _check(batch: pa.Table, limits: ServeLimits, info: ModelInfo, model: str) -> pa.Table:
     checked = [check_row(row, limits, info, model) for row in batch.to_pylist()]
-    return pa.Table.from_pylist(
-        [vars(c) for c in checked], schema=CHECKED.append(pa.field("error", pa.string()))
-    )
-
-
-def _todo(batch: pa.Table, done: set[str]) -> pa.Table:
-    """Rows that still need outputs: valid and not yet recorded and stored."""
-    keep = pc.and_(
-        pc.is_null(batch["error"]),
-        pc.invert(pc.is_in(batch["request_id"], pa.array(sorted(done), type=pa.string()))),
-    )
-    return batch.filter(keep)
+    return pa.Table.from_pylist([vars(c) for c in checked], schema=CHECKED)
 
 
 def _gpu_stage(device: str) -> bool:
@@ -92,32 +84,33 @@ def generate(
     settings = load_settings(env)
     limits = server_from_env(env).limits
     out = output_location(output, settings.storage)
+    fs = out.filesystem()
+    when = claim_output(out, fs, model)  # before any work: a wrong model fails at once
     if not ray.is_initialized():
         ray.init()
     ds = source if not isinstance(source, str) else read_input(source, settings.storage, input_format)
     info = ModelInfo(model=model, kind="image")  # the size multiple the API checks too
     checked = ds.map_batches(
         _check, batch_format="pyarrow", fn_kwargs={"limits": limits, "info": info, "model": model}
-    ).materialize()
-    fs = out.filesystem()
-    done = done_requests(out, fs)
-    tally = Tally.from_checked(checked, done)
-    if tally.rows - len(tally.errors) - tally.skipped == 0:  # nothing left: start no engine
-        _write_errors(out, fs, tally)
-        return tally.summary(out, time.perf_counter() - started)
-    stage_args = (model, device, dtype, settings.cache_dit, limits, info, max_batch_size)
-    pools = (engines, writers, engine_cpus, batch_size)
-    written = _stages(checked, done, out, stage_args, _gpu_stage(device), *pools)
-    for batch in written.iter_batches(batch_format="pyarrow", batch_size=None):
-        tally.add_written(batch)
+    )
+    plan = make_plan(checked, done_requests(out, fs))
+    tally = plan.tally
+    if plan.todo:  # else nothing is left to do: start no engine
+        stage_args = (model, device, dtype, settings.cache_dit, limits, info, max_batch_size)
+        todo = ray.data.from_arrow(plan.blocks(CHECKED))
+        written = _stages(
+            todo, out, when, stage_args, _gpu_stage(device), engines, writers, engine_cpus, batch_size
+        )
+        for batch in written.iter_batches(batch_format="pyarrow", batch_size=None):
+            tally.add_written(batch)
     _write_errors(out, fs, tally)
     return tally.summary(out, time.perf_counter() - started)
 
 
 def _stages(
-    checked: Any,
-    done: set[str],
+    todo: Any,
     out: Output,
+    when: datetime,
     stage_args: tuple[Any, ...],
     gpu: bool,
     engines: int,
@@ -125,10 +118,10 @@ def _stages(
     engine_cpus: float,
     batch_size: int,
 ) -> Any:
-    """The lazy pipeline: rows still to do -> engine actors -> writer actors."""
+    """The lazy pipeline: rows to generate -> engine actors -> writer actors."""
     import ray.data
 
-    generated = checked.map_batches(_todo, batch_format="pyarrow", fn_kwargs={"done": done}).map_batches(
+    generated = todo.map_batches(
         GenerateStage,
         fn_constructor_args=stage_args,
         batch_format="pyarrow",
@@ -139,7 +132,7 @@ def _stages(
     )
     return generated.map_batches(
         WriteStage,
-        fn_constructor_args=(out,),
+        fn_constructor_args=(out, when),
         batch_format="pyarrow",
         batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=writers),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -139,3 +140,26 @@ def list_sizes(fs: pafs.FileSystem, directory: str) -> dict[str, int]:
     """Every file under ``directory`` (recursively) -> its size; empty when it does not exist."""
     selector = pafs.FileSelector(directory, recursive=True, allow_not_found=True)
     return {info.path: info.size for info in fs.get_file_info(selector) if info.type == pafs.FileType.File}
+
+
+def claim_output(out: Output, fs: pafs.FileSystem, model: str) -> datetime:
+    """The job's date, which every output key carries (``{prefix}/{yyyy}/{mm}/{dd}/...``).
+
+    The first run writes ``job.json`` (model, start time) under the output; a re-run reads it, so
+    an output redone on another day lands under the same key instead of beside it, and a run of
+    another model into the same output is refused (its rows would be skipped as done)."""
+    path = out.path(f"{out.key_prefix}/job.json")
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        with fs.open_input_stream(path) as stream:
+            job = json.loads(stream.read())
+        if job.get("model") != model:
+            raise ValueError(
+                f"output={out.uri!r}: holds the outputs of model {job.get('model')!r} ({out.show(path)}); "
+                f"a job writes one model's outputs: give model {model!r} another output"
+            )
+        return datetime.fromisoformat(job["started"])
+    started = datetime.now(timezone.utc)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as stream:
+        stream.write(json.dumps({"model": model, "started": started.isoformat()}).encode())
+    return started

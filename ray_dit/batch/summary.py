@@ -17,7 +17,8 @@ _CACHE_SUMS = ("total_steps", "computed_steps", "cached_steps", "cfg_cached_step
 class Summary:
     rows: int  # input rows
     done: int  # rows generated and stored by this run
-    skipped: int  # rows already recorded and stored by an earlier run
+    skipped: int  # requests already recorded and stored by an earlier run
+    repeats: int  # rows identical to an earlier row of the input (one request, generated once)
     failed: int  # rows in the errors table (bad input, or a generate/store failure)
     outputs: int  # objects stored by this run
     seconds: float
@@ -33,7 +34,8 @@ class Summary:
         cache = self.cache
         return "\n".join(
             [
-                f"rows {self.rows}: {self.done} done, {self.skipped} skipped (done before), {self.failed} failed",
+                f"rows {self.rows}: {self.done} done, {self.skipped} skipped (done before), "
+                f"{self.repeats} repeats of another row, {self.failed} failed",
                 f"outputs {self.outputs} in {self.seconds:.1f} s ({self.outputs_per_s:.2f} outputs/s)",
                 f"cache: {cache['cached_steps']:.0f}/{cache['total_steps']:.0f} steps cached, "
                 f"{cache['skipped_block_fraction']:.1%} of block evaluations skipped",
@@ -49,28 +51,17 @@ class Tally:
 
     rows: int = 0
     skipped: int = 0
+    repeats: int = 0
     done: int = 0
     outputs: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)
     cache: dict[str, float] = field(default_factory=lambda: dict.fromkeys(_CACHE_SUMS, 0.0))
     skipped_blocks: float = 0.0  # sum of skipped_block_fraction x total_steps
 
-    @classmethod
-    def from_checked(cls, checked: Any, done: set[str]) -> Tally:
-        tally = cls()
-        for batch in checked.iter_batches(batch_format="pyarrow", batch_size=None):
-            for row in batch.to_pylist():
-                tally.rows += 1
-                if row["error"] is not None:
-                    tally.errors.append(_error(row, "validate"))
-                elif row["request_id"] in done:
-                    tally.skipped += 1
-        return tally
-
     def add_written(self, batch: pa.Table) -> None:
         for row in batch.to_pylist():
             if row["error"] is not None:
-                self.errors.append(_error(row, row["stage"] or "generate"))
+                self.errors.append(error_row(row, row["stage"] or "generate"))
                 continue
             self.done += 1
             self.outputs += row["outputs"]
@@ -86,6 +77,7 @@ class Tally:
             rows=self.rows,
             done=self.done,
             skipped=self.skipped,
+            repeats=self.repeats,
             failed=len(self.errors),
             outputs=self.outputs,
             seconds=seconds,
@@ -96,7 +88,8 @@ class Tally:
         )
 
 
-def _error(row: dict[str, Any], stage: str) -> dict[str, Any]:
+def error_row(row: dict[str, Any], stage: str) -> dict[str, Any]:
+    """A row of the errors table."""
     return {
         "request_id": row["request_id"],
         "row_id": row["row_id"],

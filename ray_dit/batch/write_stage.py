@@ -44,8 +44,9 @@ RESULT_SCHEMA = pa.schema(
 class WriteStage:
     """``map_batches`` callable class: frames in, stored outputs and manifest rows out."""
 
-    def __init__(self, output: Output) -> None:
+    def __init__(self, output: Output, when: datetime) -> None:
         self.output = output
+        self.when = when  # the job's date, in every key: a re-run on another day stores in place
         self.fs = output.filesystem()
         self.bucket = None
         if output.s3:
@@ -79,7 +80,9 @@ class WriteStage:
             started = time.perf_counter()
             encoded = encode_output(frames[index], row["kind"], row["format"], row["fps"], png_level=level)
             encode_s = time.perf_counter() - started
-            key = keys.build_key(self.output.key_prefix, row["request_id"], index, encoded.extension, when)
+            key = keys.build_key(
+                self.output.key_prefix, row["request_id"], index, encoded.extension, self.when
+            )
             md5 = md5_hex(encoded.data)
             upload_s, attempts = self._put(key, encoded.data, encoded.content_type, md5)
             stored.append(
