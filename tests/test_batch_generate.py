@@ -53,6 +53,7 @@ TWINS = [
 ]
 REQUESTS = len(GOOD) + 2  # with SOLO and SEEDLESS
 FAILED = len(BAD) + len(TWINS)
+STARTED = "2025-12-31T23:59:59.5+00:00"
 COLUMNS = ("id", "prompt", "seed", "size", "num_inference_steps", "n", "colour")
 
 
@@ -66,7 +67,7 @@ class Job:
     killed_at: int = 0  # outputs recorded when the first driver was killed
     lost: str = ""  # the key deleted between the two runs
     lost_bytes: bytes = b""
-    notes: dict[str, Any] = field(default_factory=dict)
+    after: dict[str, bytes] = field(default_factory=dict)  # every object once the job ran again
 
     @property
     def source(self) -> str:
@@ -76,13 +77,20 @@ class Job:
     def output(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
 
-    def objects(self) -> dict[str, bytes]:
+    def keys(self) -> list[str]:
         client = admin_client(self.endpoint)
         try:
             pages = client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=f"{self.prefix}/"
             )
-            keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+            return [o["Key"] for page in pages for o in page.get("Contents", [])]
+        finally:
+            client.close()
+
+    def objects(self) -> dict[str, bytes]:
+        keys = self.keys()
+        client = admin_client(self.endpoint)
+        try:
             return {k: client.get_object(Bucket=self.bucket, Key=k)["Body"].read() for k in keys}
         finally:
             client.close()
@@ -160,6 +168,9 @@ def job(ray_serve: Any, moto: str, tmp_path_factory: pytest.TempPathFactory) -> 
     client.put_object(Bucket=bucket, Key="in/prompts.parquet", Body=buffer.getvalue())
     env = s3_env(moto, bucket, str(tmp_path_factory.mktemp("batch_spool")))
     made = Job(moto, bucket, env)
+    # As if the job's first run had started before midnight: its keys carry that day, every run.
+    started = {"model": "demo:shapes", "started": STARTED}
+    client.put_object(Bucket=bucket, Key="out/job.json", Body=json.dumps(started).encode())
     _kill_after_first_part(made)
     recorded = made.manifest()
     made.killed_at = len(recorded)
@@ -169,6 +180,7 @@ def job(ray_serve: Any, moto: str, tmp_path_factory: pytest.TempPathFactory) -> 
     client.delete_object(Bucket=bucket, Key=made.lost)
     client.close()
     made.summary = made.run()
+    made.after = made.objects()
     yield made
 
 
@@ -180,9 +192,9 @@ def test_a_killed_job_run_again_stores_and_records_every_output_once(job: Job) -
     assert summary.done + summary.skipped == REQUESTS
     assert summary.skipped == job.killed_at - 1  # all that was recorded, but the lost one
     assert summary.outputs == summary.done and summary.outputs_per_s > 0
+    assert summary.engine_cpu_s > 0 and summary.writer_cpu_s > 0 and 0 < summary.writer_share < 1
     assert summary.cache["total_steps"] == 2 * summary.done + (1 if summary.done else 0)  # SOLO: 3
-    objects = job.objects()
-    outputs, manifest = _outputs(objects), job.manifest(objects)
+    outputs, manifest = _outputs(job.after), job.manifest(job.after)
     keys = [row["key"] for row in manifest]
     assert sorted(set(keys)) == sorted(outputs)  # every object recorded, every record stored
     assert len(keys) == len(outputs) + 1  # each once, but the lost output: recorded when redone
@@ -193,23 +205,22 @@ def test_a_killed_job_run_again_stores_and_records_every_output_once(job: Job) -
 
 
 def test_every_object_has_its_manifest_rows_bytes_and_checksum(job: Job) -> None:
-    objects = job.objects()
-    outputs = _outputs(objects)
-    for row in job.manifest(objects):
+    outputs = _outputs(job.after)
+    for row in job.manifest(job.after):
         data = outputs[row["key"]]
         assert row["bytes"] == len(data)
         assert row["md5"] == hashlib.md5(data).hexdigest()
         assert row["storage"] == "s3" and row["bucket"] == job.bucket and row["width"] in (48, 64)
         assert row["key"].endswith(f"/{row['request_id']}_0.png")
         assert json.loads(row["input"])["prompt"]
-    dates = {key.split("/")[1:4].__repr__() for key in outputs}
-    assert len(dates) == 1  # the job's date, from job.json: a re-run stores in place
+    # Every key carries the job's date from job.json, whichever day each run stored it on.
+    assert all(key.startswith(f"{job.prefix}/2025/12/31/") for key in outputs), sorted(outputs)[:3]
 
 
 def test_a_row_without_seed_is_recorded_with_the_seed_it_drew(job: Job) -> None:
     from ray_dit.batch.rows import content_id, row_seed
 
-    seedless = [r for r in job.manifest() if json.loads(r["input"])["prompt"] == SEEDLESS["prompt"]]
+    seedless = [r for r in job.manifest(job.after) if json.loads(r["input"])["prompt"] == SEEDLESS["prompt"]]
     assert len(seedless) == 1
     rid = content_id(SEEDLESS)
     assert seedless[0]["request_id"] == seedless[0]["row_id"] == rid
@@ -217,8 +228,7 @@ def test_a_row_without_seed_is_recorded_with_the_seed_it_drew(job: Job) -> None:
 
 
 def test_errors_table_holds_exactly_the_bad_and_conflicting_rows(job: Job) -> None:
-    objects = job.objects()
-    table = pq.read_table(io.BytesIO(objects[f"{job.prefix}/errors/errors.parquet"])).to_pylist()
+    table = pq.read_table(io.BytesIO(job.after[f"{job.prefix}/errors/errors.parquet"])).to_pylist()
     assert sorted(r["row_id"] for r in table) == sorted([*BAD, "twin", "twin"])
     for row in table:
         assert row["stage"] == "validate"
@@ -242,8 +252,8 @@ def test_a_row_gives_the_pixels_the_http_api_gives(job: Job, ray_serve: Any) -> 
     )
     try:
         client = OpenAI(base_url=f"{ray_serve.url}/parity/v1", api_key="unused", max_retries=0, timeout=120)
-        by_row = {r["row_id"]: r for r in job.manifest()}
-        outputs = _outputs(job.objects())
+        by_row = {r["row_id"]: r for r in job.manifest(job.after)}
+        outputs = _outputs(job.after)
         for row, tolerance in ((SOLO, 0), (GOOD[5], 1)):
             resp = client.images.generate(
                 model="demo:shapes",
@@ -273,7 +283,7 @@ def test_the_cli_reruns_a_finished_job_storing_nothing_and_names_bad_arguments(
 
     for name, value in job.env.items():
         monkeypatch.setenv(name, value)
-    before = job.objects()
+    before = job.keys()
     # The job is finished: run again, it stores nothing and starts no engine.
     assert main(["batch", job.source, "--output", job.output, "--device", "cpu", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -283,7 +293,7 @@ def test_the_cli_reruns_a_finished_job_storing_nothing_and_names_bad_arguments(
         FAILED,
         0,
     )
-    assert job.objects().keys() == before.keys()
+    assert job.keys() == before
     assert summary["errors"] == f"s3://{job.bucket}/{job.prefix}/errors/errors.parquet"
     assert main(["batch", job.source, "--output", job.output, "--engines", "0"]) == 2
     assert "--engines=0: must be at least 1" in capsys.readouterr().err

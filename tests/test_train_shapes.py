@@ -16,27 +16,34 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--images", "64", "--vae-steps", "2", "--steps", "2", "--batch", "8", "--vae-batch", "8", "--no-eval"]
 
 
-def _train(out: Path, seed: int) -> dict[str, str]:
-    cmd = [
-        sys.executable,
-        str(ROOT / "scripts" / "train_shapes.py"),
-        *TINY,
-        "--seed",
-        str(seed),
-        "--out",
-        str(out),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def _train(runs: dict[str, int], root: Path) -> dict[str, dict[str, str]]:
+    """Train once per (name, seed), all at once (each run is mostly one core's imports): name ->
+    the sha256 of each weight file it wrote."""
+    script = str(ROOT / "scripts" / "train_shapes.py")
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, script, *TINY, "--seed", str(seed), "--out", str(root / name)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, seed in runs.items()
+    }
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, (name, err[-3000:])
     return {
-        str(f.relative_to(out)): hashlib.sha256(f.read_bytes()).hexdigest()
-        for f in sorted(out.rglob("*.safetensors"))
+        name: {
+            str(f.relative_to(root / name)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted((root / name).rglob("*.safetensors"))
+        }
+        for name in runs
     }
 
 
 def test_training_is_reproducible_from_its_seed(tmp_path: Path) -> None:
-    first = _train(tmp_path / "a", seed=3)
+    weights = _train({"a": 3, "b": 3, "c": 4}, tmp_path)
+    first = weights["a"]
     assert len(first) == 4  # both text encoders, the VAE and the transformer
-    assert _train(tmp_path / "b", seed=3) == first
-    other = _train(tmp_path / "c", seed=4)
-    assert all(other[name] != digest for name, digest in first.items())
+    assert weights["b"] == first
+    assert all(weights["c"][name] != digest for name, digest in first.items())

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -42,6 +43,7 @@ FRAMES_SCHEMA = pa.schema(
         ("steps", pa.int64()),
         ("cache", pa.string()),
         ("timings", pa.string()),
+        ("engine_cpu_s", pa.float64()),  # the engine process's CPU time for the call, per row
     ]
 )
 
@@ -89,6 +91,7 @@ class GenerateStage:
             self.engine.batchable()  # probed once, before the first batch
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        cpu_started = time.process_time()
         rows = batch.to_pylist()
         out: list[dict[str, Any]] = [dict(row, stage=None) for row in rows]
         ready: list[int] = []
@@ -114,7 +117,8 @@ class GenerateStage:
                 continue
             for i, request, result in zip(group, chosen, results, strict=True):
                 out[ready[i]].update(_frames_row(request, result))
-        return pa.Table.from_pylist(out, schema=FRAMES_SCHEMA)
+        cpu_s = (time.process_time() - cpu_started) / max(1, len(out))
+        return pa.Table.from_pylist([dict(row, engine_cpu_s=cpu_s) for row in out], schema=FRAMES_SCHEMA)
 
 
 def _frames_row(request: GenerationRequest, result: GenerationResult) -> dict[str, Any]:

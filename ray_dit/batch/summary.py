@@ -24,11 +24,18 @@ class Summary:
     seconds: float
     outputs_per_s: float
     cache: dict[str, float]  # steps summed over the rows done; skipped_block_fraction step-weighted
+    engine_cpu_s: float  # CPU time of the engine actors' processes (host side on a GPU)
+    writer_cpu_s: float  # CPU time of the writer actors' processes (encoding, upload, manifest)
     manifest: str
     errors: str
 
+    @property
+    def writer_share(self) -> float:
+        total = self.engine_cpu_s + self.writer_cpu_s
+        return self.writer_cpu_s / total if total else 0.0
+
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "writer_share": self.writer_share}
 
     def text(self) -> str:
         cache = self.cache
@@ -39,6 +46,8 @@ class Summary:
                 f"outputs {self.outputs} in {self.seconds:.1f} s ({self.outputs_per_s:.2f} outputs/s)",
                 f"cache: {cache['cached_steps']:.0f}/{cache['total_steps']:.0f} steps cached, "
                 f"{cache['skipped_block_fraction']:.1%} of block evaluations skipped",
+                f"CPU: engines {self.engine_cpu_s:.1f} s, writers {self.writer_cpu_s:.1f} s "
+                f"({self.writer_share:.0%} of the two)",
                 f"manifest: {self.manifest}",
                 f"errors:   {self.errors}",
             ]
@@ -57,9 +66,13 @@ class Tally:
     errors: list[dict[str, Any]] = field(default_factory=list)
     cache: dict[str, float] = field(default_factory=lambda: dict.fromkeys(_CACHE_SUMS, 0.0))
     skipped_blocks: float = 0.0  # sum of skipped_block_fraction x total_steps
+    engine_cpu_s: float = 0.0
+    writer_cpu_s: float = 0.0
 
     def add_written(self, batch: pa.Table) -> None:
         for row in batch.to_pylist():
+            self.engine_cpu_s += row["engine_cpu_s"] or 0.0
+            self.writer_cpu_s += row["writer_cpu_s"] or 0.0
             if row["error"] is not None:
                 self.errors.append(error_row(row, row["stage"] or "generate"))
                 continue
@@ -83,6 +96,8 @@ class Tally:
             seconds=seconds,
             outputs_per_s=self.outputs / seconds if seconds > 0 else 0.0,
             cache=cache,
+            engine_cpu_s=self.engine_cpu_s,
+            writer_cpu_s=self.writer_cpu_s,
             manifest=out.show(out.manifest_dir),
             errors=out.show(out.errors_path),
         )

@@ -37,6 +37,8 @@ RESULT_SCHEMA = pa.schema(
         ("outputs", pa.int64()),
         ("cache", pa.string()),
         ("denoise_s", pa.float64()),
+        ("engine_cpu_s", pa.float64()),
+        ("writer_cpu_s", pa.float64()),  # the writer process's CPU time for the batch, per row
     ]
 )
 
@@ -55,6 +57,7 @@ class WriteStage:
             self.bucket = S3Bucket(output.settings)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        cpu_started = time.process_time()
         results, manifest_rows = [], []
         for row in batch.to_pylist():
             stored: list[dict[str, Any]] = []
@@ -69,7 +72,8 @@ class WriteStage:
         if manifest_rows:
             table = manifest_table(manifest_rows)
             write_table(self.fs, f"{self.output.manifest_dir}/{part_name()}", table)
-        return pa.Table.from_pylist(results, schema=RESULT_SCHEMA)
+        cpu_s = (time.process_time() - cpu_started) / max(1, len(results))
+        return pa.Table.from_pylist([dict(r, writer_cpu_s=cpu_s) for r in results], schema=RESULT_SCHEMA)
 
     def _store_row(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         frames = np.frombuffer(row["frames"], dtype=np.uint8).reshape(row["shape"])
