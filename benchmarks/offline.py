@@ -20,6 +20,7 @@ import os
 import socket
 import tempfile
 import time
+from typing import Any
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -82,8 +83,9 @@ def run_online(args: argparse.Namespace, bodies: list[dict]) -> float:
         serve.shutdown()
 
 
-def run_offline(args: argparse.Namespace, bodies: list[dict]) -> tuple[float, float, float]:
-    """(seconds, seconds to the first stored output, outputs/s from the first to the last)."""
+def run_offline(args: argparse.Namespace, bodies: list[dict]) -> tuple[float, float, float, Any]:
+    """(seconds, seconds to the first stored output, outputs/s from the first to the last, the
+    job's summary)."""
     import pyarrow.dataset as pads
 
     from ray_dit.batch import generate
@@ -99,14 +101,15 @@ def run_offline(args: argparse.Namespace, bodies: list[dict]) -> tuple[float, fl
         model=args.model,
         device=args.device,
         engine_cpus=args.threads,
-        max_batch_size=args.max_batch_size,
-        batch_size=args.max_batch_size * 2,
+        max_batch_size=args.offline_batch_size or args.max_batch_size,
+        batch_size=(args.offline_batch_size or args.max_batch_size) * 2,
+        writers=args.writers,
     )
     assert summary.done == len(bodies), summary
     created = pads.dataset(os.path.join(work, "out", "outputs", "manifest")).to_table(columns=["created"])
     stamps = sorted(t.timestamp() for t in created.column("created").to_pylist())
     steady = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if stamps[-1] > stamps[0] else float("nan")
-    return summary.seconds, stamps[0] - started, steady
+    return summary.seconds, stamps[0] - started, steady, summary
 
 
 def main() -> None:
@@ -120,6 +123,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="CPUs of the DiT replica / engine actor")
+    parser.add_argument(
+        "--offline-batch-size",
+        type=int,
+        default=0,
+        help="outputs per pipeline call offline (default: --max-batch-size; online is also bounded by --concurrency)",
+    )
+    parser.add_argument("--writers", type=int, default=1, help="writer actors of the offline job")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
@@ -137,7 +147,7 @@ def main() -> None:
     try:
         bodies = rows(args)
         online_s = run_online(args, bodies)
-        offline_s, first_s, steady = run_offline(args, bodies)
+        offline_s, first_s, steady, summary = run_offline(args, bodies)
     finally:
         ray.shutdown()
     n = len(bodies)
@@ -149,6 +159,11 @@ def main() -> None:
     print(f"{'offline':>8}{offline_s:>10.1f}{n / offline_s:>11.2f}   (first output after {first_s:.1f} s)")
     print(f"offline after its first output: {steady:.2f} outputs/s (engine start-up excluded, as online)")
     print(f"offline / online: {online_s / offline_s:.2f}x whole job, {steady / (n / online_s):.2f}x steady")
+    print(
+        f"offline CPU: engine {summary.engine_cpu_s:.1f} s, writers {summary.writer_cpu_s:.1f} s "
+        f"(writers {summary.writer_share:.1%} of the two; {args.writers} writer(s), "
+        f"max_batch_size {args.offline_batch_size or args.max_batch_size})"
+    )
 
 
 if __name__ == "__main__":
