@@ -230,6 +230,37 @@ def test_retry_after_is_the_cost_ahead_times_the_measured_seconds_per_unit() -> 
     assert 2 <= backlog.retry_after_s(None) < 4  # not a queue: the floor
 
 
+def test_retry_after_follows_the_pace_the_queue_really_drained_at() -> None:
+    """The replica says 0.05 s per request, but while work waited, requests ended only every
+    0.2 s (handing over, storing, other replicas on the same cores): Retry-After must use the
+    0.2 s the clients really wait for, or they come back while the queue is still full."""
+    now = [0.0]
+    backlog = Backlog(floor_s=2, max_queued_cost=4, clock=lambda: now[0])
+
+    def end(ticket: CostTicket, after_s: float) -> None:
+        backlog._move(ticket, "running")
+        backlog.observe(0.05, cost=1)
+        now[0] += after_s
+        ticket.release()
+
+    burst = [backlog.admit(1) for _ in range(4)]
+    for ticket in burst:  # one every 0.2 s, the others held meanwhile
+        end(ticket, 0.2)
+    assert backlog.unit_s == pytest.approx(0.05)
+    assert backlog.drain_unit_s == pytest.approx(0.2)
+    running, queued = backlog.admit(1), backlog.admit(1)
+    backlog._move(running, "running")
+    # 2 ahead x 0.2 s (not 2 x 0.05 s), times a jitter in [1, 2)
+    assert all(0.4 <= backlog.retry_after_s(queued=1) < 0.8 for _ in range(20))
+    end(running, 100)  # the first to end after an idle spell: no interval to measure yet
+    end(queued, 0.2)
+    assert backlog.drain_unit_s == pytest.approx(0.2)  # the idle 100 s before it did not count
+    unmeasured = Backlog(floor_s=2, clock=lambda: now[0])
+    unmeasured.observe(0.05, cost=1)
+    unmeasured._move(unmeasured.admit(1), "running")
+    assert unmeasured.drain_unit_s is None and 0.05 <= unmeasured.retry_after_s(queued=0) < 0.2
+
+
 def test_seconds_per_unit_are_weighted_by_cost() -> None:
     """A tiny request's fixed overhead (0.2 s for 0.05 units) must not make every unit look slow."""
     backlog = Backlog(floor_s=2)

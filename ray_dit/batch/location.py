@@ -123,12 +123,19 @@ def write_table(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
     sink = io.BytesIO()
     pq.write_table(table, sink, compression="zstd")
     parent = path.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
+    _make_dir(fs, parent)
     target = path if isinstance(fs, pafs.S3FileSystem) else f"{parent}/.{uuid.uuid4().hex}.tmp"
     with fs.open_output_stream(target) as stream:
         stream.write(sink.getvalue())
     if target != path:
         fs.move(target, path)
+
+
+def _make_dir(fs: pafs.FileSystem, path: str) -> None:
+    """A local directory; nothing on S3, where pyarrow would PUT an empty ``dir/`` marker object
+    that other tools list as a file (and that appears before the first real object)."""
+    if not isinstance(fs, pafs.S3FileSystem):
+        fs.create_dir(path, recursive=True)
 
 
 def part_name() -> str:
@@ -159,7 +166,7 @@ def claim_output(out: Output, fs: pafs.FileSystem, model: str) -> datetime:
             )
         return datetime.fromisoformat(job["started"])
     started = datetime.now(timezone.utc)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    _make_dir(fs, path.rsplit("/", 1)[0])
     with fs.open_output_stream(path) as stream:
         stream.write(json.dumps({"model": model, "started": started.isoformat()}).encode())
     return started

@@ -160,6 +160,24 @@ def occupancy_s(reply: StoreReply) -> float:
     return meta.timings.total_s * outputs / max(outputs, meta.batch_size)
 
 
+class _Rate:
+    """Seconds per unit as exponentially weighted sums (each sample weighted by its units)."""
+
+    def __init__(self, smoothing: float) -> None:
+        self.keep = 1 - smoothing
+        self.seconds = 0.0
+        self.units = 0.0
+
+    def add(self, seconds: float, units: float) -> None:
+        if seconds >= 0 and units > 0:
+            self.seconds = self.keep * self.seconds + seconds
+            self.units = self.keep * self.units + units
+
+    @property
+    def value(self) -> float | None:
+        return self.seconds / self.units if self.units > 0 and self.seconds > 0 else None
+
+
 class CostTicket:
     """An admitted request's cost in its ingress's ledger: *queued* until a DiT replica accepts
     the request, then *running*, then released when the request ends in any way."""
@@ -220,6 +238,7 @@ class Backlog:
         max_queued_cost: float | None = None,
         smoothing: float = 0.2,
         on_change: Callable[[float, float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.floor_s = floor_s
         self.dit_replicas = max(1, dit_replicas)
@@ -229,14 +248,25 @@ class Backlog:
         self.queued_cost = 0.0
         self.running_cost = 0.0
         self._held: dict[str, set[CostTicket]] = {"queued": set(), "running": set()}
-        self._seconds = 0.0  # cost-weighted moving sums: replica seconds over cost
-        self._units = 0.0
+        self._replica = _Rate(smoothing)  # replica seconds over cost
+        self._drain = _Rate(smoothing)  # wall seconds between completions while busy, over cost
+        self._clock = clock
+        self._busy_since: float | None = None  # the last completion, while work stayed held
         self._rng = random.Random()
 
     @property
     def unit_s(self) -> float | None:
         """Measured seconds of a DiT replica per unit of cost (None until a request finished)."""
-        return self._seconds / self._units if self._units > 0 else None
+        return self._replica.value
+
+    @property
+    def drain_unit_s(self) -> float | None:
+        """Measured wall seconds per unit of cost at which this ingress's work drained while it
+        had work waiting: what a refused client really waits for. It includes what the replica
+        time leaves out (handing the next request to a replica, storing, the other replicas of
+        the app sharing the machine): on a CPU with a tiny model the queue drained 2-3x slower
+        than the replica times said, and Retry-After sent clients back too early."""
+        return self._drain.value
 
     def admit(self, cost: float) -> CostTicket:
         """Hold ``cost`` as queued, or raise a 503 ``queue_full`` with Retry-After."""
@@ -253,6 +283,7 @@ class Backlog:
         return ticket
 
     def _move(self, ticket: CostTicket, state: str) -> None:
+        finished = state == "released" and ticket in self._held["running"]
         for held in self._held.values():
             held.discard(ticket)
         ticket.state = state
@@ -260,16 +291,25 @@ class Backlog:
             self._held[state].add(ticket)
         self.queued_cost = math.fsum(t.cost for t in self._held["queued"])
         self.running_cost = math.fsum(t.cost for t in self._held["running"])
+        if finished:
+            self._completed(ticket.cost)
         if self.on_change is not None:
             self.on_change(self.queued_cost, self.running_cost)
 
     def observe(self, replica_s: float, cost: float = 1.0) -> None:
         """A request of ``cost`` held a DiT replica for ``replica_s`` seconds. Weighted by cost,
         so a tiny request's fixed overhead does not make every unit look slow."""
-        if replica_s > 0 and cost > 0:
-            keep = 1 - self.smoothing
-            self._seconds = keep * self._seconds + replica_s
-            self._units = keep * self._units + cost
+        if replica_s > 0:
+            self._replica.add(replica_s, cost)
+
+    def _completed(self, cost: float) -> None:
+        """A running request ended: if work was held since the previous completion, the time
+        between the two is what draining ``cost`` took (batch-mates ending together add cost in
+        no time, so a batch counts as its outputs)."""
+        now = self._clock()
+        if self._busy_since is not None:
+            self._drain.add(now - self._busy_since, cost)
+        self._busy_since = now if self._held["queued"] or self._held["running"] else None
 
     def stats(self) -> dict[str, float]:
         """What the autoscaling policy reads (``Ingress.record_autoscaling_stats``)."""
@@ -279,7 +319,8 @@ class Backlog:
         """Seconds a refused client should wait, times a jitter in [1, 2) that spreads the returns.
         For a full queue (``queued`` given: requests waiting) once a request was measured, the
         time the work ahead takes to drain: the queued and running cost times the seconds per
-        unit, over the DiT replicas; else (and for what is not a queue, like a full spool)
+        unit, over the DiT replicas, or times the pace the work was seen to drain at if that is
+        slower; else (and for what is not a queue, like a full spool)
         ``floor_s``."""
         unit_s = self.unit_s
         if queued is None or unit_s is None:
@@ -287,4 +328,7 @@ class Backlog:
         else:
             ahead = self.queued_cost + self.running_cost or float(queued + 1)
             base = max(ahead * unit_s / self.dit_replicas, 0.1)
+            drained = self.drain_unit_s  # the whole fleet's pace as this ingress saw it
+            if drained is not None:
+                base = max(base, ahead * drained)
         return base * (1 + self._rng.random())
