@@ -23,11 +23,11 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# Every built-in model that `make test` does not send through Ray Serve, one HTTP request each
-# (about 4 minutes on 2 cores). CI runs it after `make test`.
+# The built-in models `make test` leaves out: one HTTP request each through Ray Serve, and the
+# engine checks of the family variants (about 5 minutes on 2 cores). CI runs it after `make test`.
 .PHONY: test-zoo
 test-zoo: $(STAMP)
-	RAY_DIT_SERVE_ZOO=rest $(BIN)/python -m pytest -q tests/test_serve_zoo.py
+	RAY_DIT_ZOO=rest $(BIN)/python -m pytest -q tests/test_serve_zoo.py tests/test_zoo.py
 
 LINT_PATHS := ray_dit tests benchmarks k8s $(wildcard scripts)
 

@@ -79,6 +79,9 @@ def _add_batch(sub: Any) -> None:
     batch.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
     batch.add_argument("--engines", type=int, default=1, help="engine actors (one GPU each on GPU)")
     batch.add_argument("--writers", type=int, default=1, help="CPU actors that encode and store")
+    batch.add_argument(
+        "--engine-cpus", type=float, default=1.0, help="CPUs of each engine actor on a CPU-only cluster"
+    )
     batch.add_argument("--max-batch-size", type=int, default=4, help="outputs per pipeline call")
     batch.add_argument("--batch-size", type=int, default=16, help="rows per stage batch (and manifest part)")
     batch.add_argument("--input-format", choices=("parquet", "json", "csv"), default=None)
@@ -88,10 +91,7 @@ def _add_batch(sub: Any) -> None:
 def _batch(args: argparse.Namespace) -> int:
     from ray_dit.batch import generate
 
-    for name in ("engines", "writers", "max_batch_size", "batch_size"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be at least 1")
-    # Ray Data's progress and library logs go to stderr: this command's stdout is its report.
+    # generate() checks the options (one place for the CLI and notebooks). Ray Data's progress and library logs go to stderr: this command's stdout is its report.
     with contextlib.redirect_stdout(sys.stderr):
         summary = _run_batch(generate, args)
     print(json.dumps(summary.as_dict(), indent=2) if args.json else summary.text())
@@ -107,6 +107,7 @@ def _run_batch(generate: Any, args: argparse.Namespace) -> Any:
         dtype=args.dtype,
         engines=args.engines,
         writers=args.writers,
+        engine_cpus=args.engine_cpus,
         max_batch_size=args.max_batch_size,
         batch_size=args.batch_size,
         input_format=args.input_format,

@@ -305,7 +305,9 @@ def test_the_cli_reruns_a_finished_job_storing_nothing_and_names_bad_arguments(
     assert job.keys() == before
     assert summary["errors"] == f"s3://{job.bucket}/{job.prefix}/errors/errors.parquet"
     assert main(["batch", job.source, "--output", job.output, "--engines", "0"]) == 2
-    assert "--engines=0: must be at least 1" in capsys.readouterr().err
+    assert "engines=0: must be at least 1" in capsys.readouterr().err
+    assert main(["batch", job.source, "--output", job.output, "--engine-cpus", "0"]) == 2
+    assert "engine_cpus=0.0: must be more than 0" in capsys.readouterr().err
     assert main(["batch", job.source, "--output", "s3://Bad_Bucket/x"]) == 2
     assert "output='s3://Bad_Bucket/x'" in capsys.readouterr().err
     assert main(["batch", job.source, "--output", job.output, "--model", "demo:flux-tiny"]) == 2

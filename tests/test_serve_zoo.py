@@ -1,5 +1,5 @@
 """Built-in models answer a real HTTP request through Ray Serve (issue 16): by default one edit and
-one image-to-video model; ``RAY_DIT_SERVE_ZOO=rest`` runs the others (``make test-zoo``, which CI runs after ``make
+one image-to-video model; ``RAY_DIT_ZOO=rest`` runs the others (``make test-zoo``, which CI runs after ``make
 test``, so every model goes through Serve in every CI run), ``all`` runs both (26 passed, 216 s on
 2 cores, 2026-11-30).
 
@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import re
 import time
 
 import pytest
 from PIL import Image
+from zoo_selection import first_of, select
 
 from ray_dit.engine.registry import ModelSpec, lookup, registered
 
@@ -37,20 +37,8 @@ _CANDIDATES = [spec for spec in registered() if spec.id not in SKIP]
 #: cores, too long for ``make test``'s budget: ``make test-zoo`` (``rest``) sends the others. Every
 #: model of every family goes through the same Engine in tests/test_zoo.py.
 _ONLY_HERE = ("edit", "image-to-video")
-_FIRST_OF_TASK = {
-    spec.id
-    for spec in _CANDIDATES
-    if spec.task in _ONLY_HERE and spec is next(s for s in _CANDIDATES if s.task == spec.task)
-}
-SELECTIONS = {
-    "first": lambda model: model in _FIRST_OF_TASK,
-    "rest": lambda model: model not in _FIRST_OF_TASK,
-    "all": lambda model: True,
-}
-_SELECTION = os.environ.get("RAY_DIT_SERVE_ZOO", "first")
-if _SELECTION not in SELECTIONS:
-    raise ValueError(f"RAY_DIT_SERVE_ZOO={_SELECTION!r}: must be one of {', '.join(SELECTIONS)}")
-MODELS = [spec.id for spec in _CANDIDATES if SELECTIONS[_SELECTION](spec.id)]
+FIRST = first_of((s for s in _CANDIDATES if s.task in _ONLY_HERE), key=lambda spec: spec.task)
+MODELS = [spec.id for spec in select(_CANDIDATES, FIRST)]
 STEPS = 2
 PROMPT = "a red circle on a blue background"
 VIDEO_WAIT_S = 120

@@ -52,6 +52,13 @@ def _check(batch: pa.Table, limits: ServeLimits, info: ModelInfo, model: str) ->
     return pa.Table.from_pylist([vars(c) for c in checked], schema=CHECKED)
 
 
+def check_options(**counts: int) -> None:
+    """Every count named, at least 1; one ValueError naming each bad one."""
+    problems = [f"{name}={value}: must be at least 1" for name, value in counts.items() if value < 1]
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
 def _gpu_stage(device: str) -> bool:
     import ray
 
@@ -80,6 +87,9 @@ def generate(
     ``env`` (default: the process environment), as the server reads them."""
     import ray
 
+    check_options(engines=engines, writers=writers, batch_size=batch_size, max_batch_size=max_batch_size)
+    if not engine_cpus > 0:
+        raise ValueError(f"engine_cpus={engine_cpus}: must be more than 0")
     started = time.perf_counter()
     settings = load_settings(env)
     limits = server_from_env(env).limits
