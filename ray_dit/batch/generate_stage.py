@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from ray_dit.api import GenerationRequest, GenerationResult
+from ray_dit.batch.records import stage_schema
 from ray_dit.batch.rows import to_request
 from ray_dit.config import CacheDitSettings, ServeLimits
 from ray_dit.errors import RayDitError
@@ -27,24 +28,17 @@ from ray_dit.serve.types import ModelInfo
 
 log = logging.getLogger(__name__)
 
-FRAMES_SCHEMA = pa.schema(
-    [
-        ("request_id", pa.string()),
-        ("row_id", pa.string()),
-        ("body", pa.string()),
-        ("error", pa.string()),
-        ("stage", pa.string()),
-        ("frames", pa.large_binary()),
-        ("shape", pa.list_(pa.int64())),
-        ("kind", pa.string()),
-        ("format", pa.string()),
-        ("fps", pa.int64()),
-        ("seed", pa.int64()),
-        ("steps", pa.int64()),
-        ("cache", pa.string()),
-        ("timings", pa.string()),
-        ("engine_cpu_s", pa.float64()),  # the engine process's CPU time for the call, per row
-    ]
+FRAMES_SCHEMA = stage_schema(
+    ("frames", pa.large_binary()),
+    ("shape", pa.list_(pa.int64())),
+    ("kind", pa.string()),
+    ("format", pa.string()),
+    ("fps", pa.int64()),
+    ("seed", pa.int64()),
+    ("steps", pa.int64()),
+    ("cache", pa.string()),
+    ("timings", pa.string()),
+    ("engine_cpu_s", pa.float64()),  # the engine process's CPU time for the call, per row
 )
 
 

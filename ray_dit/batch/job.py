@@ -18,7 +18,7 @@ import pyarrow as pa
 from ray_dit.batch.generate_stage import GenerateStage
 from ray_dit.batch.location import Output, claim_output, input_source, output_location, write_table
 from ray_dit.batch.plan import make_plan
-from ray_dit.batch.records import done_requests, errors_table
+from ray_dit.batch.records import CHECKED_SCHEMA, done_requests, errors_table
 from ray_dit.batch.rows import check_row
 from ray_dit.batch.summary import Summary, Tally
 from ray_dit.batch.write_stage import WriteStage
@@ -26,9 +26,6 @@ from ray_dit.config import ServeLimits, load_settings, server_from_env
 from ray_dit.serve.types import ModelInfo
 
 FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
-CHECKED = pa.schema(
-    [("request_id", pa.string()), ("row_id", pa.string()), ("body", pa.string()), ("error", pa.string())]
-)
 
 
 def read_input(path: str, settings: Any, input_format: str | None = None) -> Any:
@@ -49,7 +46,7 @@ def read_input(path: str, settings: Any, input_format: str | None = None) -> Any
 
 def _check(batch: pa.Table, limits: ServeLimits, info: ModelInfo, model: str) -> pa.Table:
     checked = [check_row(row, limits, info, model) for row in batch.to_pylist()]
-    return pa.Table.from_pylist([vars(c) for c in checked], schema=CHECKED)
+    return pa.Table.from_pylist([vars(c) for c in checked], schema=CHECKED_SCHEMA)
 
 
 def check_options(**counts: int) -> None:
@@ -94,11 +91,11 @@ def generate(
     settings = load_settings(env)
     limits = server_from_env(env).limits
     out = output_location(output, settings.storage)
-    fs = out.filesystem()
-    when = claim_output(out, fs, model)  # before any work: a wrong model fails at once
     if not ray.is_initialized():
         ray.init()
     ds = source if not isinstance(source, str) else read_input(source, settings.storage, input_format)
+    fs = out.filesystem()
+    when = claim_output(out, fs, model)  # once the input is found, before any work
     info = ModelInfo(model=model, kind="image")  # the size multiple the API checks too
     checked = ds.map_batches(
         _check, batch_format="pyarrow", fn_kwargs={"limits": limits, "info": info, "model": model}
@@ -107,7 +104,7 @@ def generate(
     tally = plan.tally
     if plan.todo:  # else nothing is left to do: start no engine
         stage_args = (model, device, dtype, settings.cache_dit, limits, info, max_batch_size)
-        todo = ray.data.from_arrow(plan.blocks(CHECKED))
+        todo = ray.data.from_arrow(plan.blocks(CHECKED_SCHEMA))
         written = _stages(
             todo, out, when, stage_args, _gpu_stage(device), engines, writers, engine_cpus, batch_size
         )

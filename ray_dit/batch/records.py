@@ -16,6 +16,18 @@ from ray_dit.sink.manifest import SCHEMA as SERVING_SCHEMA
 
 log = logging.getLogger(__name__)
 
+#: The columns a row carries through every stage: its id, its input's id, its request as JSON, and
+#: why it failed (None while it has not). Each stage's schema starts with them.
+CHECKED_SCHEMA = pa.schema(
+    [("request_id", pa.string()), ("row_id", pa.string()), ("body", pa.string()), ("error", pa.string())]
+)
+
+
+def stage_schema(*columns: tuple[str, pa.DataType]) -> pa.Schema:
+    """A stage's output: the checked row's columns, the stage that failed it, then ``columns``."""
+    return pa.schema([*CHECKED_SCHEMA, ("stage", pa.string()), *columns])
+
+
 SCHEMA = SERVING_SCHEMA.append(pa.field("row_id", pa.string(), nullable=False)).append(
     pa.field("input", pa.string(), nullable=False)  # the row's request fields, as JSON
 )

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from ray_dit.batch.location import Output, part_name, write_table
-from ray_dit.batch.records import manifest_table
+from ray_dit.batch.records import manifest_table, stage_schema
 from ray_dit.errors import RayDitError
 from ray_dit.sink import keys
 from ray_dit.sink.encode import encode_output
@@ -27,19 +27,12 @@ from ray_dit.sink.files import md5_hex, write_atomic
 
 PUT_ATTEMPTS = 4  # per object; each S3Bucket call also retries inside botocore
 
-RESULT_SCHEMA = pa.schema(
-    [
-        ("request_id", pa.string()),
-        ("row_id", pa.string()),
-        ("body", pa.string()),
-        ("error", pa.string()),
-        ("stage", pa.string()),
-        ("outputs", pa.int64()),
-        ("cache", pa.string()),
-        ("denoise_s", pa.float64()),
-        ("engine_cpu_s", pa.float64()),
-        ("writer_cpu_s", pa.float64()),  # the writer process's CPU time for the batch, per row
-    ]
+RESULT_SCHEMA = stage_schema(
+    ("outputs", pa.int64()),
+    ("cache", pa.string()),
+    ("denoise_s", pa.float64()),
+    ("engine_cpu_s", pa.float64()),
+    ("writer_cpu_s", pa.float64()),  # the writer process's CPU time for the batch, per row
 )
 
 
