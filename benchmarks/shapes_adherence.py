@@ -36,7 +36,7 @@ import torch
 from ray_dit.api import GenerationRequest
 from ray_dit.config import CacheDitSettings, parse_overrides
 from ray_dit.demo import shapes_world as world
-from ray_dit.demo.judge import Geometry, Tally, judge
+from ray_dit.demo.judge import ROUND_CIRCLES_MEDIAN, Geometry, Tally, judge
 from ray_dit.demo.random_models import build_flux_tiny
 from ray_dit.engine import Engine, EngineOptions
 from ray_dit.engine.registry import ModelDefaults, lookup
@@ -45,7 +45,6 @@ MODEL = "demo:shapes"
 STEPS = 28
 EVAL_SEED = 50_000  # training used seeds < 2,000: these noises were never seen
 FBC_THRESHOLDS = (0.12, 0.24)  # a typical user pick, and the SGLang default's value
-ROUNDNESS_TARGET = 0.04  # median for generated circles (exact ones ~0.014, through the VAE <= 0.028)
 
 
 @dataclass
@@ -179,7 +178,7 @@ def pct(x: float) -> str:
 def print_geometry(rows: list[Row]) -> None:
     """Shape quality per setting: circles' roundness (lower is rounder), squares' corner fill."""
     print(
-        f"\nCircle roundness (outline radial spread; target: median <= {ROUNDNESS_TARGET}, exact circles ~0.014, "
+        f"\nCircle roundness (outline radial spread; target: median <= {ROUND_CIRCLES_MEDIAN}, exact circles ~0.014, "
         "through the VAE <= 0.028) and square corner fill (exact >= 0.96, through the VAE median 0.94).\n"
     )
     print(

@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ray_dit.demo import shapes_world as world  # noqa: E402
-from ray_dit.demo.judge import Tally, judge  # noqa: E402
+from ray_dit.demo.judge import Geometry, Tally, judge  # noqa: E402
 from ray_dit.demo.shapes_model import (  # noqa: E402
     CLIP_LENGTH,
     T5_LENGTH,
@@ -52,8 +52,6 @@ from ray_dit.demo.shapes_model import (  # noqa: E402
     ShapesArch,
     build_untrained,
 )
-
-LATENT_SIDE = world.IMAGE_SIZE // 8
 
 
 def log(msg: str) -> None:
@@ -225,7 +223,8 @@ def train_transformer(
     clip_ids, t5_ids = tokenize(pipe, [v for row in variants for v in row] + [""])
     empty = 3 * len(captions)
     caption_index_t = torch.from_numpy(caption_index).long()
-    img_ids = pipe._prepare_latent_image_ids(1, LATENT_SIDE // 2, LATENT_SIDE // 2, "cpu", torch.float32)
+    side = latents.shape[-1] // 2  # packed tokens per row
+    img_ids = pipe._prepare_latent_image_ids(1, side, side, "cpu", torch.float32)
     txt_ids = torch.zeros(T5_LENGTH, 3)
     shift = pipe.scheduler.config.shift
     order = batches(len(latents), args.batch, gen)
@@ -290,9 +289,11 @@ def train_transformer(
 
 
 @torch.no_grad()
-def quick_eval(pipe: Any, combos: list[world.Combo], seed: int, cfg: float, steps: int) -> Tally:
-    """Judge one image per combination (fresh seeds) at ``steps`` steps."""
-    tally = Tally()
+def quick_eval(
+    pipe: Any, combos: list[world.Combo], seed: int, cfg: float, steps: int
+) -> tuple[Tally, Geometry]:
+    """Judge one image per combination (fresh seeds) at ``steps`` steps: accuracy and geometry."""
+    tally, geometry = Tally(), Geometry()
     for i in range(0, len(combos), 16):
         chunk = combos[i : i + 16]
         prompts = [c.caption for c in chunk]
@@ -309,8 +310,10 @@ def quick_eval(pipe: Any, combos: list[world.Combo], seed: int, cfg: float, step
         )
         images = (np.clip(out.images, 0, 1) * 255).round().astype(np.uint8)
         for c, img in zip(chunk, images, strict=True):
-            tally.add(judge(img, c))
-    return tally
+            verdict = judge(img, c)
+            tally.add(verdict)
+            geometry.add(verdict, c.shape)
+    return tally, geometry
 
 
 def main() -> None:
@@ -404,9 +407,19 @@ def main() -> None:
     steps = args.eval_steps if not args.quick else 4
     groups = [] if args.no_eval else [("trained", world.train_combos()), ("held-out", world.eval_combos())]
     for label, group in groups:
-        tally = quick_eval(eval_pipe, group, seed=args.seed + 777, cfg=args.eval_cfg, steps=steps)
-        report[f"eval_{label}"] = vars(tally)
-        log(f"eval {label} ({steps} steps, true_cfg {args.eval_cfg}): {tally.row()}")
+        tally, geometry = quick_eval(eval_pipe, group, seed=args.seed + 777, cfg=args.eval_cfg, steps=steps)
+        r50, r90, c50, c10 = geometry.summary()
+        report[f"eval_{label}"] = {
+            **vars(tally),
+            "circle_roundness_median": r50,
+            "circle_roundness_p90": r90,
+            "square_corner_fill_median": c50,
+            "square_corner_fill_p10": c10,
+        }
+        log(
+            f"eval {label} ({steps} steps, true_cfg {args.eval_cfg}): {tally.row()}  "
+            f"circle roundness median {r50:.3f} p90 {r90:.3f}  square corners median {c50:.2f} p10 {c10:.2f}"
+        )
     report["total_seconds"] = time.perf_counter() - t_start
     (args.out / "training_report.json").write_text(json.dumps(report, indent=1) + "\n")
     log(f"done in {report['total_seconds'] / 60:.1f} min")

@@ -7,13 +7,14 @@ test_shapes_world.py: a judge wrong on perfect images would make these assertion
 from __future__ import annotations
 
 import socket
+import statistics
 
 import numpy as np
 import pytest
 
 from ray_dit.api import GenerationRequest
 from ray_dit.config import CacheDitSettings
-from ray_dit.demo.judge import judge
+from ray_dit.demo.judge import ROUND_CIRCLES_MEDIAN, judge, read
 from ray_dit.demo.shapes_model import WEIGHTS_DIR
 from ray_dit.engine import Engine, EngineOptions
 
@@ -30,6 +31,18 @@ FIXED_PROMPTS = [
     ("a purple triangle on a yellow background", 7),
     ("a blue circle on a green background", 8),
     ("a red square on a green background", 9),
+]
+
+# One circle in every color, on trained pairs, with fresh sampling seeds (fixed before looking).
+CIRCLE_PROMPTS = [
+    ("a red circle on a white background", 9000),
+    ("an orange circle on a purple background", 9001),
+    ("a yellow circle on a black background", 9002),
+    ("a green circle on a purple background", 9003),
+    ("a blue circle on a yellow background", 9004),
+    ("a purple circle on a white background", 9005),
+    ("a white circle on a red background", 9006),
+    ("a black circle on a green background", 9007),
 ]
 
 
@@ -74,3 +87,16 @@ def test_fixed_prompts_are_followed(engine, prompt, seed):
     image = engine.generate(GenerationRequest(prompt=prompt, seed=seed)).frames[0, 0]
     verdict = judge(image, prompt)
     assert verdict.all_ok, f"{prompt!r} (seed {seed}) was read as {verdict.reading}"
+
+
+@pytest.mark.xfail(
+    strict=True, reason="issue 19: the shipped weights draw lumpy circles (median 0.08); docs/demo_model.md"
+)
+def test_circles_are_drawn_round(engine):
+    """The template check reads a four-lobed blob as a circle; the outline's spread does not."""
+    spreads = [
+        read(engine.generate(GenerationRequest(prompt=prompt, seed=seed)).frames[0, 0]).roundness
+        for prompt, seed in CIRCLE_PROMPTS
+    ]
+    assert None not in spreads, spreads  # every prompt drew a region
+    assert statistics.median(spreads) <= ROUND_CIRCLES_MEDIAN, spreads

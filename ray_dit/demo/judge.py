@@ -34,6 +34,9 @@ CORNER_FRACTION = 0.15
 # Share of the region's pixels left outside the box on each side: a stray row of VAE ringing
 # must not move the box (a square's whole edge row is >= 2% of its pixels, so it stays in).
 CORNER_TRIM = 0.01
+# Median roundness a model's circles must reach to look round (exact circles ~0.014, through the
+# shipped VAE <= 0.028; the four-lobed circles of the first weights had a median of 0.085).
+ROUND_CIRCLES_MEDIAN = 0.04
 _CAPTION_RE = re.compile(r"^\s*an?\s+(\w+)\s+(\w+)\s+on\s+an?\s+(\w+)\s+background\s*$", re.IGNORECASE)
 
 
