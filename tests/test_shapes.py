@@ -90,7 +90,8 @@ def test_fixed_prompts_are_followed(engine, prompt, seed):
 
 
 @pytest.mark.xfail(
-    strict=True, reason="issue 19: the shipped weights draw lumpy circles (median 0.071 here); docs/demo_model.md"
+    strict=True,
+    reason="issue 19: the shipped weights draw lumpy circles (median 0.071 here); docs/demo_model.md",
 )
 def test_circles_are_drawn_round(engine):
     """The template check reads a four-lobed blob as a circle; the outline's spread does not."""
