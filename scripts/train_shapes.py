@@ -12,8 +12,8 @@ Phases, all seeded from ``--seed`` (same seed and thread count, same weights):
    pooled CLIP vector decided every color and drew 2 of 8 never-trained color pairs swapped; with
    it T5's per-token states carry the word roles and no held-out pair was swapped (1,500-step
    runs). AdamW with warmup + cosine decay, EMA of the weights;
-5. save the EMA weights with ``save_pretrained`` (safetensors) and judge one image per
-   combination by pixels.
+5. save the EMA weights with ``save_pretrained`` (safetensors; the transformer in float16), reload
+   them as they ship and judge one image per combination by pixels.
 
 Usage: python scripts/train_shapes.py [--out DIR] [--seed 0] [--quick]
 """
@@ -21,7 +21,6 @@ Usage: python scripts/train_shapes.py [--out DIR] [--seed 0] [--quick]
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -48,9 +47,11 @@ from ray_dit.demo.judge import Geometry, Tally, judge  # noqa: E402
 from ray_dit.demo.shapes_model import (  # noqa: E402
     CLIP_LENGTH,
     T5_LENGTH,
+    TRUE_CFG_SCALE,
     WEIGHTS_DIR,
     ShapesArch,
     build_untrained,
+    load_shapes,
 )
 
 
@@ -117,7 +118,7 @@ def train_vae(vae: torch.nn.Module, images: np.ndarray, args: argparse.Namespace
             rate = (time.perf_counter() - t0) / (step + 1)
             psnr = 10 * math.log10(4.0 / max(avg, 1e-12))
             log(
-                f"vae {step + 1}/{args.vae_steps} mse {avg:.5f} ({psnr:.1f} dB) latent rms {float(kl) ** 0.5:.2f} "
+                f"vae {step + 1}/{args.vae_steps} mse {avg:.5f} ({psnr:.1f} dB) latent rms {float(kl.detach()) ** 0.5:.2f} "
                 f"{rate:.2f}s/step eta {rate * (args.vae_steps - step - 1) / 60:.1f} min"
             )
     vae.eval()
@@ -340,7 +341,7 @@ def main() -> None:
     parser.add_argument(
         "--vae-from", type=Path, default=None, help="reuse a trained VAE + latents (experiments)"
     )
-    parser.add_argument("--eval-cfg", type=float, default=4.0)
+    parser.add_argument("--eval-cfg", type=float, default=TRUE_CFG_SCALE)
     parser.add_argument("--eval-steps", type=int, default=28)
     parser.add_argument("--no-eval", action="store_true", help="skip the closing judge run")
     parser.add_argument("--quick", action="store_true", help="a one-minute smoke run")
@@ -398,12 +399,14 @@ def main() -> None:
 
     report["transformer"] = train_transformer(pipe, normalized, caption_index, captions, args)
     args.out.mkdir(parents=True, exist_ok=True)
+    # The transformer is stored in float16 (half the bytes, so a wider one fits the 20 MB budget);
+    # load_shapes upcasts it to float32, and the eval below judges exactly what was saved.
+    pipe.transformer.to(torch.float16)
     pipe.save_pretrained(str(args.out), safe_serialization=True)
     size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
     log(f"saved to {args.out} ({size / 2**20:.1f} MiB)")
 
-    eval_pipe = copy.copy(pipe)
-    eval_pipe.set_progress_bar_config(disable=True)
+    eval_pipe = load_shapes(args.out)
     steps = args.eval_steps if not args.quick else 4
     groups = [] if args.no_eval else [("trained", world.train_combos()), ("held-out", world.eval_combos())]
     for label, group in groups:

@@ -89,10 +89,6 @@ def test_fixed_prompts_are_followed(engine, prompt, seed):
     assert verdict.all_ok, f"{prompt!r} (seed {seed}) was read as {verdict.reading}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 19: the shipped weights draw lumpy circles (median 0.071 here); docs/demo_model.md",
-)
 def test_circles_are_drawn_round(engine):
     """The template check reads a four-lobed blob as a circle; the outline's spread does not."""
     spreads = [

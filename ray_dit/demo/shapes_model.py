@@ -33,7 +33,7 @@ WEIGHTS_DIR = Path(__file__).parent / "weights" / "shapes"
 CLIP_LENGTH = 16  # BOS + 8 words + EOS fits with room to spare
 T5_LENGTH = 12  # FluxPipeline's max_sequence_length for this model
 NUM_STEPS = 28  # the sampling steps its adherence is measured at
-TRUE_CFG_SCALE = 4.0  # trained with 10% empty captions, so true CFG works and sharpens the prompt
+TRUE_CFG_SCALE = 2.0  # trained with 10% empty captions; 2 draws rounder circles than 4 (docs/demo_model.md)
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class ShapesArch:
     # absolute color is normalised away, so keep >= 4 channels per group.
     vae_groups: int = 4
     latent_channels: int = 16
-    heads: int = 4
+    heads: int = 6  # 192 wide: width is what makes circles round (docs/demo_model.md)
     head_dim: int = 32
     double_blocks: int = 2
     single_blocks: int = 4
@@ -108,7 +108,7 @@ def _transformer(arch: ShapesArch) -> Any:
 
 @contextlib.contextmanager
 def _quiet_loading() -> Iterator[None]:
-    """No progress bars for a 13 MB model that loads in a blink (they clutter logs and test output)."""
+    """No progress bars for a 15 MB model that loads in a blink (they clutter logs and test output)."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
